@@ -1,0 +1,39 @@
+# Everything installs from the lockfile into .venv; uv itself is bootstrapped into .tools.
+PYTHON ?= python3
+UV_VERSION := 0.13.9
+TOOLS := .tools
+UV := $(TOOLS)/bin/uv
+RUN := $(UV) run --frozen --no-sync
+
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+export UV_PYTHON ?= $(shell command -v $(PYTHON))
+
+.PHONY: install demo test lint bench store-stop clean
+
+install: .venv/.synced
+
+$(UV):
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/python -m pip install --quiet "uv==$(UV_VERSION)"
+
+.venv/.synced: pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen
+	@touch $@
+
+demo: install
+	$(RUN) cxr demo
+
+test: install
+	$(RUN) pytest
+
+lint: install
+	$(RUN) ruff check .
+
+bench: install
+	$(RUN) python bench/train_throughput.py
+
+store-stop: install
+	$(RUN) cxr store stop
+
+clean:
+	rm -rf .venv $(TOOLS)

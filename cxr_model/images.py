@@ -1,0 +1,316 @@
+"""The one conversion from image file bytes to model input, and image inspection.
+
+Training and scoring both call :func:`to_model_input`, so a model always sees images prepared
+the same way. :func:`inspect_image` describes a file for the data-quality manifest without
+ever raising for bad data.
+
+Conversion, in order:
+
+1. **Reject what is not a supported image.** Empty files, DICOM (``DICM`` magic at offset 128:
+   "DICOM not supported; convert to PNG"), files Pillow cannot identify, and formats other than
+   PNG, JPEG, WebP, BMP and TIFF are refused with a short reason.
+2. **Decompression-bomb guard.** The pixel count from the header is checked against
+   :data:`MAX_PIXELS` *before* any pixel is decoded; Pillow's own ``DecompressionBombError`` /
+   ``DecompressionBombWarning`` are turned into the same error.
+3. **Full decode.** ``img.load()`` decodes every pixel, so truncated or corrupt files fail here
+   (never silently half-grey). For large JPEGs, :func:`to_model_input` first asks libjpeg for a
+   DCT-scaled luminance decode (``img.draft("L", (size, size))``): it is several times faster,
+   still reads the whole stream (so truncation is still caught) and never goes below ``size``.
+4. **EXIF orientation** is applied (``ImageOps.exif_transpose``), so a phone photo tagged
+   "rotate 90°" is seen upright.
+5. **To 8-bit luminance (mode L):**
+
+   - 16/32-bit integer and float greyscale (``I;16``, ``I;16B``, ``I;16L``, ``I``, ``F``) is scaled
+     linearly by the image's *actual* range (min..max → 0..255), not clipped: a 12-bit
+     detector image stored in 16 bits (values 0..4095) uses the full 0..255, instead of turning
+     almost black (divide by 257) or white (clip at 255). A constant image becomes all 0.
+   - Alpha (``LA``, ``RGBA``, ``PA``, ``P`` or ``L``/``RGB`` with a transparency key) is
+     flattened onto **black**: transparent areas are treated like the dark, unexposed
+     background of a radiograph rather than like bright bone.
+   - Colour (``RGB``, ``CMYK``, ``P``, ``YCbCr``, ...) becomes ITU-R 601 luminance
+     (Pillow's ``convert("L")``). Radiographs saved as RGB are grey, so nothing is lost.
+
+6. **Resize** to ``size × size`` ignoring the aspect ratio (the study squashed images rather
+   than padding or cropping; we keep that so results stay comparable). The filter is Pillow's
+   ``BILINEAR`` with ``reducing_gap=2.0``: Pillow's bilinear is area-aware (antialiased) when
+   shrinking, and the reducing gap first box-reduces big images by an integer factor, which
+   is fast and visually indistinguishable from a full-size bilinear pass. Upscaling small
+   images is plain bilinear.
+7. **Replicate** the single L channel to :data:`MODEL_CHANNELS` (3) identical channels, because
+   the study's CNN (and ImageNet-style backbones) take 3-channel input. Output is a C-contiguous
+   ``uint8`` array of shape ``(size, size, 3)``; scaling to 0..1 is the model's job.
+
+This module depends only on Pillow and numpy (no Prefect, no TensorFlow).
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+__all__ = [
+    "MAX_PIXELS",
+    "MODEL_CHANNELS",
+    "SUPPORTED_FORMATS",
+    "ImageError",
+    "ImageFacts",
+    "inspect_image",
+    "to_model_input",
+]
+
+MODEL_CHANNELS = 3
+"""Channels of the model input: the L channel replicated three times."""
+
+MAX_PIXELS = 50_000_000
+"""Refuse to decode images with more pixels than this (width × height, checked from the header)."""
+
+SUPPORTED_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "WEBP", "BMP", "TIFF")
+"""Formats accepted, as Pillow names them (``MPO``, a multi-picture JPEG, is reported as JPEG)."""
+
+RESAMPLE = Image.Resampling.BILINEAR
+REDUCING_GAP = 2.0
+
+_PILLOW_FORMATS = (*SUPPORTED_FORMATS, "MPO")
+_SIXTEEN_BIT_OR_WIDER = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}
+_ALPHA_MODES = {"LA", "La", "RGBA", "RGBa", "PA"}
+# EXIF orientations 5..8 include a 90° turn, so width and height swap.
+_ORIENTATION_TAG = 0x0112
+_SWAPPING_ORIENTATIONS = {5, 6, 7, 8}
+
+
+class ImageError(ValueError):
+    """An image that cannot be turned into model input. ``str(err) == f"{name}: {reason}"``."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(f"{name}: {reason}")
+        self.name = name
+        self.reason = reason
+
+    def __reduce__(self):  # keep it picklable (process pools, task results)
+        return (type(self), (self.name, self.reason))
+
+
+@dataclass(frozen=True)
+class ImageFacts:
+    """What :func:`inspect_image` found. ``width``/``height`` are after EXIF orientation."""
+
+    format: str | None
+    mode: str | None
+    width: int | None
+    height: int | None
+    bytes: int
+    decodable: bool
+    error: str | None
+
+
+class _Bad(Exception):
+    """Internal: a reason plus whatever was learnt from the header before it went wrong."""
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        format: str | None = None,
+        mode: str | None = None,
+        width: int | None = None,
+        height: int | None = None,
+    ) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.format = format
+        self.mode = mode
+        self.width = width
+        self.height = height
+
+
+def _is_dicom(data: bytes) -> bool:
+    return len(data) >= 132 and data[128:132] == b"DICM"
+
+
+def _format_name(img: Image.Image) -> str | None:
+    return "JPEG" if img.format == "MPO" else img.format
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:200]
+
+
+def _bomb_reason(pixels: int, limit: int) -> str:
+    return f"too many pixels ({pixels} > {limit}): refusing to decode"
+
+
+def _pillow_bomb_reason(exc: BaseException) -> str:
+    """Pillow's own guard fired (``Image.MAX_IMAGE_PIXELS`` set below our limit): same wording."""
+    numbers = [int(n) for n in re.findall(r"\d+", str(exc))]
+    if len(numbers) >= 2:
+        return _bomb_reason(numbers[0], numbers[1])
+    return f"too many pixels ({_first_line(exc)}): refusing to decode"
+
+
+def _open_decoded(data: bytes, draft_size: int | None = None) -> Image.Image:
+    """Open and fully decode ``data``; raise :class:`_Bad` with a short reason on bad data."""
+    if len(data) == 0:
+        raise _Bad("empty file (0 bytes)")
+    if _is_dicom(data):
+        raise _Bad("DICOM not supported; convert to PNG", format="DICOM")
+
+    limit = MAX_PIXELS
+    with warnings.catch_warnings():
+        # Pillow warns between MAX_IMAGE_PIXELS and twice that; treat the warning as an error.
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            img = Image.open(io.BytesIO(data), formats=_PILLOW_FORMATS)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise _Bad(_pillow_bomb_reason(exc)) from exc
+        except UnidentifiedImageError as exc:
+            raise _unidentified(data) from exc
+        except Exception as exc:  # header parsers raise all sorts (SyntaxError, struct.error, ...)
+            raise _Bad(f"not an image: {_first_line(exc)}") from exc
+
+        fmt = _format_name(img)
+        width, height = img.size
+        header = {"format": fmt, "mode": img.mode, "width": width, "height": height}
+        pixels = width * height
+        if pixels > limit:
+            raise _Bad(_bomb_reason(pixels, limit), **header)
+        if width <= 0 or height <= 0:
+            raise _Bad(f"truncated or corrupt: image has no pixels ({width}x{height})", **header)
+
+        try:
+            if draft_size is not None and fmt == "JPEG":
+                img.draft("L", (draft_size, draft_size))
+            img.load()
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise _Bad(_pillow_bomb_reason(exc), **header) from exc
+        except Exception as exc:  # OSError (truncated), SyntaxError, zlib.error, ValueError, ...
+            raise _Bad(f"truncated or corrupt: {_first_line(exc)}", **header) from exc
+    return img
+
+
+def _unidentified(data: bytes) -> _Bad:
+    """Name an image format we do not accept (GIF, ICO, ...), else say it is not an image."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            other = Image.open(io.BytesIO(data))  # header only; never loaded
+            name = other.format
+    except Exception:
+        name = None
+    if name:
+        return _Bad(f"unsupported format {name}; convert to PNG", format=name)
+    sniffed = _sniff_supported(data)
+    if sniffed:
+        return _Bad(f"truncated or corrupt: {sniffed} header unreadable", format=sniffed)
+    return _Bad("not an image: no PNG, JPEG, WebP, BMP or TIFF header found")
+
+
+def _sniff_supported(data: bytes) -> str | None:
+    """The supported format whose magic bytes ``data`` starts with, if any."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if data.startswith(b"RIFF") and data[8:12] == b"WEBP":
+        return "WEBP"
+    if data.startswith((b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")):
+        return "TIFF"
+    if data.startswith(b"BM") and data[6:10] == b"\x00\x00\x00\x00":
+        return "BMP"
+    return None
+
+
+def _orientation(img: Image.Image) -> int:
+    try:
+        return int(img.getexif().get(_ORIENTATION_TAG, 1) or 1)
+    except Exception:  # malformed EXIF is not worth rejecting the image for
+        return 1
+
+
+def inspect_image(data: bytes) -> ImageFacts:
+    """Describe an image file for the quality manifest. Decodes every pixel; never raises for
+    bad data (the problem is in ``error`` and ``decodable`` is False)."""
+    try:
+        img = _open_decoded(data)
+    except _Bad as bad:
+        return ImageFacts(
+            format=bad.format,
+            mode=bad.mode,
+            width=bad.width,
+            height=bad.height,
+            bytes=len(data),
+            decodable=False,
+            error=bad.reason,
+        )
+    width, height = img.size
+    if _orientation(img) in _SWAPPING_ORIENTATIONS:
+        width, height = height, width
+    return ImageFacts(
+        format=_format_name(img),
+        mode=img.mode,
+        width=width,
+        height=height,
+        bytes=len(data),
+        decodable=True,
+        error=None,
+    )
+
+
+def _wide_to_l(img: Image.Image) -> Image.Image:
+    """16/32-bit or float greyscale → L, scaled linearly by the image's own min..max."""
+    arr = np.asarray(img, dtype=np.float64)
+    finite = np.isfinite(arr)
+    if not finite.any():
+        return Image.new("L", img.size, 0)
+    lo = float(arr[finite].min())
+    hi = float(arr[finite].max())
+    if hi <= lo:
+        return Image.new("L", img.size, 0)
+    scaled = (np.where(finite, arr, lo) - lo) * (255.0 / (hi - lo))
+    return Image.fromarray(np.rint(scaled).astype(np.uint8), mode="L")
+
+
+def _flatten_alpha_on_black(img: Image.Image) -> Image.Image:
+    rgba = img.convert("RGBA")
+    black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+    return Image.alpha_composite(black, rgba).convert("L")
+
+
+def _to_luminance(img: Image.Image) -> Image.Image:
+    mode = img.mode
+    if mode == "L" and "transparency" not in img.info:
+        return img
+    if mode in _SIXTEEN_BIT_OR_WIDER:
+        return _wide_to_l(img)
+    if mode in _ALPHA_MODES or "transparency" in img.info:
+        return _flatten_alpha_on_black(img)
+    if mode in ("1", "P", "RGB", "CMYK"):
+        return img.convert("L")
+    return img.convert("RGB").convert("L")  # YCbCr, LAB, HSV, RGBX, ...
+
+
+def to_model_input(data: bytes, size: int, *, name: str = "<bytes>") -> np.ndarray:
+    """Convert image file bytes to a ``(size, size, 3)`` uint8 array (see the module docstring).
+
+    Raises :class:`ImageError` naming ``name`` and the reason when the bytes are not a usable
+    image (empty, DICOM, not an image, unsupported format, too many pixels, truncated/corrupt).
+    """
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"size must be a positive int, got {size!r}")
+    try:
+        img = _open_decoded(data, draft_size=size)
+        img = ImageOps.exif_transpose(img)
+        img = _to_luminance(img)
+        if img.size != (size, size):
+            img = img.resize((size, size), RESAMPLE, reducing_gap=REDUCING_GAP)
+    except _Bad as bad:
+        raise ImageError(name, bad.reason) from bad
+    except (ValueError, OSError) as exc:  # e.g. broken EXIF or palette found after decoding
+        raise ImageError(name, f"truncated or corrupt: {_first_line(exc)}") from exc
+    lum = np.asarray(img, dtype=np.uint8)
+    return np.ascontiguousarray(np.repeat(lum[:, :, np.newaxis], MODEL_CHANNELS, axis=2))

@@ -1,0 +1,207 @@
+"""Object storage: one small interface over any S3-compatible store, through boto3.
+
+Everything the pipeline produces lives in a bucket; local disk is only a cache. The same code talks
+to the embedded SeaweedFS store, MinIO (set ``CXR_S3_ENDPOINT_URL``) or AWS S3 (``CXR_S3_USE_AWS``),
+with credentials from the standard chain (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``,
+profiles, instance roles) for the latter two.
+"""
+
+from __future__ import annotations
+
+import mimetypes
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from cxr_model import embedded_store
+from cxr_model.config import Settings
+
+CLIENT_CONFIG = Config(
+    connect_timeout=5,
+    read_timeout=60,
+    retries={"max_attempts": 4, "mode": "standard"},
+    max_pool_connections=16,
+    s3={"addressing_style": "path"},
+)
+
+
+class StoreError(RuntimeError):
+    """The object store could not be used; the message says what to fix."""
+
+
+class AlreadyExists(StoreError):
+    """A create-only write found the key already taken."""
+
+
+class ChangedSinceRead(StoreError):
+    """A compare-and-swap write found the object changed since it was read."""
+
+
+def parse_s3_uri(uri: str) -> tuple[str, str]:
+    """``s3://bucket/some/prefix`` → ``("bucket", "some/prefix")``."""
+    if not uri.startswith("s3://"):
+        raise ValueError(f"not an s3:// URI: {uri!r}")
+    bucket, _, key = uri[len("s3://") :].partition("/")
+    if not bucket:
+        raise ValueError(f"no bucket in {uri!r}")
+    return bucket, key
+
+
+def _error_code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+@dataclass(frozen=True)
+class ObjectStore:
+    """A bucket on an S3-compatible server. Keys are plain strings inside the bucket."""
+
+    client: object
+    bucket: str
+    endpoint_url: str | None = None
+
+    def uri(self, key: str) -> str:
+        return f"s3://{self.bucket}/{key}"
+
+    def http_url(self, key: str) -> str | None:
+        """A browser-friendly address for a key on an endpoint that serves plain GETs."""
+        return f"{self.endpoint_url}/{self.bucket}/{key}" if self.endpoint_url else None
+
+    def in_bucket(self, bucket: str) -> ObjectStore:
+        """The same server and credentials, another bucket (for ``s3://other/...`` inputs)."""
+        return ObjectStore(client=self.client, bucket=bucket, endpoint_url=self.endpoint_url)
+
+    def ensure_bucket(self) -> None:
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except ClientError as exc:
+            if _error_code(exc) not in ("404", "NoSuchBucket", "NotFound"):
+                raise
+            self.client.create_bucket(Bucket=self.bucket)
+
+    def put_bytes(
+        self, key: str, data: bytes, *, content_type: str | None = None, create_only: bool = False
+    ) -> str:
+        """Write ``data`` at ``key`` and return its ETag. ``create_only`` never overwrites."""
+        extra: dict[str, str] = {}
+        if content_type or mimetypes.guess_type(key)[0]:
+            extra["ContentType"] = content_type or mimetypes.guess_type(key)[0] or ""
+        if create_only:
+            extra["IfNoneMatch"] = "*"
+        try:
+            reply = self.client.put_object(Bucket=self.bucket, Key=key, Body=data, **extra)
+        except ClientError as exc:
+            if create_only and _error_code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+                raise AlreadyExists(f"{self.uri(key)} already exists") from exc
+            raise
+        return reply["ETag"]
+
+    def replace_if_unchanged(self, key: str, data: bytes, etag: str) -> str:
+        """Overwrite ``key`` only if it still has ``etag`` (compare-and-swap); return the new ETag."""
+        try:
+            reply = self.client.put_object(
+                Bucket=self.bucket, Key=key, Body=data, IfMatch=etag, ContentType="application/json"
+            )
+        except ClientError as exc:
+            if _error_code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+                raise ChangedSinceRead(f"{self.uri(key)} changed since it was read") from exc
+            raise
+        return reply["ETag"]
+
+    def put_file(self, key: str, path: Path) -> None:
+        content_type = mimetypes.guess_type(str(path))[0] or "application/octet-stream"
+        self.client.upload_file(str(path), self.bucket, key, ExtraArgs={"ContentType": content_type})
+
+    def get_bytes(self, key: str) -> bytes:
+        return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+
+    def get_with_etag(self, key: str) -> tuple[bytes, str] | None:
+        """The object and its ETag, or None when there is no such key."""
+        try:
+            reply = self.client.get_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if _error_code(exc) in ("NoSuchKey", "404"):
+                return None
+            raise
+        return reply["Body"].read(), reply["ETag"]
+
+    def exists(self, key: str) -> bool:
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if _error_code(exc) in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+        return True
+
+    def list_keys(self, prefix: str) -> Iterator[str]:
+        """Every key under ``prefix``, streamed page by page."""
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+            for item in page.get("Contents", []):
+                yield item["Key"]
+
+    def copy(self, src_key: str, dst_key: str) -> None:
+        """Server-side copy inside the bucket."""
+        self.client.copy_object(
+            Bucket=self.bucket, Key=dst_key, CopySource={"Bucket": self.bucket, "Key": src_key}
+        )
+
+    def download(self, key: str, path: Path) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(path.name + ".part")
+        self.client.download_file(self.bucket, key, str(partial))
+        partial.replace(path)
+        return path
+
+    def upload_dir(self, folder: Path, prefix: str) -> list[str]:
+        """Upload every file under ``folder`` to ``prefix/<relative path>``; return the keys."""
+        keys = []
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            key = f"{prefix.rstrip('/')}/{path.relative_to(folder).as_posix()}"
+            self.put_file(key, path)
+            keys.append(key)
+        return keys
+
+
+def _client_for(settings: Settings):
+    if settings.embedded:
+        server, creds = embedded_store.ensure_running(settings.state_dir)
+        return embedded_store.s3_client(server.endpoint_url, creds), server.endpoint_url
+    session = boto3.session.Session(region_name=settings.s3_region)
+    client = session.client("s3", endpoint_url=settings.s3_endpoint_url, config=CLIENT_CONFIG)
+    return client, settings.s3_endpoint_url
+
+
+DENIED_CODES = {"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "Forbidden"}
+
+
+def _where(settings: Settings) -> str:
+    return settings.s3_endpoint_url or ("AWS S3" if settings.s3_use_aws else "the embedded store")
+
+
+def open_store(settings: Settings) -> ObjectStore:
+    """The configured store with its bucket ready; a one-line StoreError says what to fix."""
+    try:
+        client, endpoint = _client_for(settings)
+        store = ObjectStore(client=client, bucket=settings.bucket, endpoint_url=endpoint)
+        store.ensure_bucket()
+    except embedded_store.EmbeddedStoreError as exc:
+        raise StoreError(f"embedded S3 store: {exc}") from exc
+    except ClientError as exc:
+        code = _error_code(exc)
+        hint = (
+            "the credentials were refused: check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"
+            if code in DENIED_CODES
+            else f"check CXR_BUCKET and the store ({exc})"
+        )
+        raise StoreError(f"S3 at {_where(settings)} cannot use bucket {settings.bucket!r}: {hint}") from exc
+    except BotoCoreError as exc:
+        raise StoreError(
+            f"cannot reach S3 at {_where(settings)}: {exc}. Check CXR_S3_ENDPOINT_URL (unset it to "
+            "use the embedded store)."
+        ) from exc
+    return store

@@ -1,0 +1,43 @@
+"""What every task needs: the object store, and a way to tell people how the run is going."""
+
+from __future__ import annotations
+
+import logging
+from functools import lru_cache
+
+from prefect import get_run_logger
+from prefect.runtime import flow_run
+
+from cxr_model.config import Settings, get_settings
+from cxr_model.storage import ObjectStore, open_store
+
+# The CLI prints this logger's records as progress lines; Prefect's own logger feeds the UI.
+progress_logger = logging.getLogger("cxr.progress")
+
+
+@lru_cache(maxsize=4)
+def _store_for(settings_json: str) -> ObjectStore:
+    return open_store(Settings.model_validate_json(settings_json))
+
+
+def store() -> ObjectStore:
+    """The configured object store, opened once per process."""
+    return _store_for(get_settings().model_dump_json())
+
+
+def say(message: str) -> None:
+    """Log ``message`` to the flow run (Prefect UI) and to the console progress stream."""
+    get_run_logger().info(message)
+    progress_logger.info(message)
+
+
+def artifact_key(*parts: str) -> str:
+    """A Prefect artifact key (lowercase letters, digits and dashes) from free text."""
+    text = "-".join(parts).lower()
+    cleaned = "".join(c if c.isalnum() else "-" for c in text)
+    return "-".join(filter(None, cleaned.split("-")))[:100]
+
+
+def run_prefix(kind: str) -> str:
+    """Where this flow run keeps what it produces: ``runs/<flow name>/<run name>``."""
+    return f"runs/{kind}/{flow_run.get_name() or flow_run.get_id() or 'local'}"

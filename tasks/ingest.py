@@ -1,0 +1,50 @@
+"""Get images: read every source and store its files, content-addressed, in the raw store."""
+
+from __future__ import annotations
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact
+from pydantic import BaseModel
+
+from cxr_model import manifest
+from cxr_model.sources import parse_source
+from tasks.common import artifact_key, say, store
+
+
+class IngestResult(BaseModel):
+    """The ingest manifest's key, and how many files were seen and newly stored."""
+
+    manifest_key: str
+    files: int
+    stored_now: int
+    by_label: dict[str, int]
+
+
+@task(name="get-images", retries=2, retry_delay_seconds=[5, 30])
+def get_images(sources: list[str]) -> IngestResult:
+    """Ingest all ``sources``; files already in the raw store are not stored again."""
+    objects = store()
+    images = []
+    for spec in sources:
+        source = parse_source(spec)
+        found = manifest.ingest(objects, source.records())
+        say(f"{source.name}: {len(found)} files, {sum(i.stored_now for i in found)} new")
+        images.extend(found)
+    frame = manifest.to_frame(images)
+    ingest_id = manifest.content_id(frame, ["key", "sha256", "label", "patient_id"])
+    key = manifest.write_csv(objects, f"manifests/ingest-{ingest_id}.csv", frame)
+    result = IngestResult(
+        manifest_key=key,
+        files=len(frame),
+        stored_now=sum(i.stored_now for i in images),
+        by_label={str(k): int(v) for k, v in frame["label"].value_counts(dropna=False).items()},
+    )
+    create_markdown_artifact(
+        markdown=(
+            f"### Images ingested\n\n{result.files} files from {len(sources)} source(s); "
+            f"{result.stored_now} stored now, the rest were already in the raw store.\n\n"
+            f"Manifest: `{objects.uri(key)}`\n\nBy label: {result.by_label}"
+        ),
+        key=artifact_key("ingest"),
+    )
+    return result

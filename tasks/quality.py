@@ -1,0 +1,63 @@
+"""Check images: describe each file with Pillow and validate the manifest with Great Expectations."""
+
+from __future__ import annotations
+
+from prefect import task
+from prefect.artifacts import create_link_artifact, create_markdown_artifact
+from pydantic import BaseModel
+
+from cxr_model import manifest
+from cxr_model.config import get_settings
+from cxr_model.quality import QualityError, QualitySettings, validate_manifest
+from tasks.common import artifact_key, say, store
+
+
+class QualityResult(BaseModel):
+    """Where the accepted images and the data-quality report are."""
+
+    accepted_key: str
+    accepted: int
+    rejected: int
+    report_uri: str
+    docs_uri: str
+    docs_local: str
+    warnings: list[str]
+
+
+@task(name="check-images")
+def check_images(manifest_key: str, settings: QualitySettings, report_prefix: str) -> QualityResult:
+    """Validate the ingested images; fail on a critical expectation, quarantine failing files."""
+    objects = store()
+    images = manifest.describe_images(objects, manifest.read_csv(objects, manifest_key))
+    docs_dir = get_settings().state_dir / "reports" / report_prefix / "data_docs"
+    report = validate_manifest(images, settings, docs_dir)
+
+    manifest.write_csv(objects, f"{report_prefix}/images.csv", images)
+    accepted = images[images["key"].isin(report.accepted_keys)]
+    accepted_key = manifest.write_csv(objects, f"{report_prefix}/accepted.csv", accepted)
+    objects.put_bytes(f"{report_prefix}/report.json", report.model_dump_json(indent=2).encode())
+    objects.put_bytes(f"{report_prefix}/report.md", report.summary_markdown().encode())
+    docs_keys = objects.upload_dir(docs_dir, f"{report_prefix}/data_docs")
+    docs_uri = objects.uri(f"{report_prefix}/data_docs/index.html") if docs_keys else ""
+
+    create_markdown_artifact(markdown=report.summary_markdown(), key=artifact_key("data-quality"))
+    create_link_artifact(
+        link=(docs_dir / "index.html").resolve().as_uri(),
+        link_text="Great Expectations Data Docs (local copy)",
+        key=artifact_key("data-docs"),
+        description=f"Also stored at {docs_uri}",
+    )
+    say(f"data quality: {len(accepted)} accepted, {len(report.rejected)} quarantined")
+    for rejection in report.rejected:
+        say(f"  quarantined {rejection.original_path}: {'; '.join(rejection.reasons)}")
+    if not report.passed:
+        raise QualityError(report)
+    return QualityResult(
+        accepted_key=accepted_key,
+        accepted=len(accepted),
+        rejected=len(report.rejected),
+        report_uri=objects.uri(f"{report_prefix}/report.md"),
+        docs_uri=docs_uri,
+        docs_local=str((docs_dir / "index.html").resolve()),
+        warnings=[w.summary for w in report.warnings],
+    )

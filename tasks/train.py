@@ -1,0 +1,77 @@
+"""Train: fit the model on a dataset's Train split and stage the result in the store."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+from prefect import task
+from prefect.artifacts import create_table_artifact
+from pydantic import BaseModel
+
+from cxr_model.config import get_settings
+from cxr_model.data import SplitArrays, load_split_arrays
+from cxr_model.split import TRAIN, VAL, load_split
+from cxr_model.train import TrainParams, history_frame, train_model
+from tasks.common import artifact_key, say, store
+from tasks.split import DatasetRef
+
+
+class TrainedModel(BaseModel):
+    """A trained, not yet registered model staged in the store, with how training went."""
+
+    model_key: str
+    training_key: str
+    params: TrainParams
+    train_accuracy: float
+    val_accuracy: float
+    images_per_second: float
+    seconds: float
+    devices: list[str]
+
+
+def split_arrays(dataset: DatasetRef, split: str, image_size: int) -> SplitArrays:
+    """One split of a dataset as arrays, through the local per-dataset cache."""
+    objects = store()
+    cache = get_settings().cache_dir / "datasets" / dataset.dataset_id
+    return load_split_arrays(objects, load_split(objects, dataset.split_key), split, image_size, cache)
+
+
+@task(name="train-model")
+def fit_model(dataset: DatasetRef, params: TrainParams, run_prefix: str) -> TrainedModel:
+    """Train ``params.architecture`` on the dataset; stage model and history under ``run_prefix``."""
+    objects = store()
+    train = split_arrays(dataset, TRAIN, params.image_size)
+    val = split_arrays(dataset, VAL, params.image_size)
+    say(f"training {params.architecture} on {len(train)} images ({params.epochs} epochs, "
+        f"{params.image_size}px, batch {params.batch_size})")
+    with tempfile.TemporaryDirectory() as work:
+        result = train_model(train, val, params, Path(work))
+        model_key = f"{run_prefix}/model.keras"
+        objects.put_file(model_key, result.model_path)
+    history = history_frame(result.history)
+    training_key = f"{run_prefix}/training.json"
+    training = {
+        "train_accuracy": result.train_accuracy,
+        "val_accuracy": result.val_accuracy,
+        "images_per_second": result.images_per_second,
+        "seconds": result.seconds,
+        "devices": result.devices,
+        "history": result.history,
+    }
+    objects.put_bytes(training_key, json.dumps(training, indent=2).encode())
+    create_table_artifact(history.round(4).to_dict("records"), key=artifact_key("training-history"))
+    say(f"trained in {result.seconds:.0f}s ({result.images_per_second:.1f} images/s on "
+        f"{', '.join(result.devices)}): train accuracy {result.train_accuracy:.3f}, "
+        f"validation accuracy {result.val_accuracy:.3f}")
+    return TrainedModel(
+        model_key=model_key,
+        training_key=training_key,
+        params=params,
+        train_accuracy=result.train_accuracy,
+        val_accuracy=result.val_accuracy,
+        images_per_second=result.images_per_second,
+        seconds=result.seconds,
+        devices=result.devices,
+    )

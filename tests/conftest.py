@@ -1,0 +1,78 @@
+"""Shared fixtures: a real SeaweedFS S3 server on loopback, and Prefect's test harness.
+
+The S3 server is started once per test session in a temporary folder with its own credentials;
+every test that needs storage gets a fresh bucket on it. Nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+from cxr_model import embedded_store  # noqa: E402
+from cxr_model.config import Settings  # noqa: E402
+from cxr_model.storage import ObjectStore, open_store  # noqa: E402
+
+REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cxr-real"
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A SeaweedFS ``weed mini`` on free loopback ports, with credentials required."""
+    root = tmp_path_factory.mktemp("seaweedfs")
+    creds = embedded_store.load_or_create_credentials(root)
+    process, server = embedded_store.start_server(
+        root / "data", creds, log_path=root / "server.log", detach=False
+    )
+    yield server, creds
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except Exception:  # noqa: BLE001 - make sure it is gone either way
+        process.kill()
+
+
+@pytest.fixture
+def settings(s3_server, tmp_path, monkeypatch) -> Settings:
+    """Settings pointing at the test server, a fresh bucket and a fresh state folder."""
+    server, creds = s3_server
+    bucket = f"cxr-test-{secrets.token_hex(4)}"
+    env = {
+        "CXR_S3_ENDPOINT_URL": server.endpoint_url,
+        "CXR_BUCKET": bucket,
+        "CXR_STATE_DIR": str(tmp_path / "state"),
+        "AWS_ACCESS_KEY_ID": creds.access_key,
+        "AWS_SECRET_ACCESS_KEY": creds.secret_key,
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return Settings()
+
+
+@pytest.fixture
+def store(settings) -> ObjectStore:
+    return open_store(settings)
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """Flows run against a temporary Prefect API with its own SQLite database."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="session")
+def real_data() -> Path:
+    if not (REAL_DATA / "manifest.csv").exists():
+        pytest.skip(f"real x-rays not found at {REAL_DATA}")
+    return REAL_DATA
