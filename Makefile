@@ -8,7 +8,7 @@ RUN := $(UV) run --frozen --no-sync
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export UV_PYTHON ?= $(shell command -v $(PYTHON))
 
-.PHONY: install demo test lint bench store-stop clean
+.PHONY: install demo test lint bench ui store-stop clean
 
 install: .venv/.synced
 
@@ -31,6 +31,9 @@ lint: install
 
 bench: install
 	$(RUN) python bench/train_throughput.py
+
+ui: install
+	$(RUN) prefect server start --host 127.0.0.1 --port 4200
 
 store-stop: install
 	$(RUN) cxr store stop

@@ -75,7 +75,7 @@ SUPPORTED_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "WEBP", "BMP", "TIFF")
 RESAMPLE = Image.Resampling.BILINEAR
 REDUCING_GAP = 2.0
 
-_PILLOW_FORMATS = (*SUPPORTED_FORMATS, "MPO")
+_PILLOW_FORMATS = SUPPORTED_FORMATS  # JPEG opens multi-picture (MPO) files too
 _SIXTEEN_BIT_OR_WIDER = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}
 _ALPHA_MODES = {"LA", "La", "RGBA", "RGBa", "PA"}
 # EXIF orientations 5..8 include a 90° turn, so width and height swap.
@@ -163,6 +163,8 @@ def _open_decoded(data: bytes, draft_size: int | None = None) -> Image.Image:
     limit = MAX_PIXELS
     with warnings.catch_warnings():
         # Pillow warns between MAX_IMAGE_PIXELS and twice that; treat the warning as an error.
+        # (catch_warnings is process-global; with threads the worst case is that this warning is
+        # only printed for one image, and the MAX_PIXELS check below still applies.)
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
             img = Image.open(io.BytesIO(data), formats=_PILLOW_FORMATS)

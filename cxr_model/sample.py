@@ -163,7 +163,7 @@ def _opacities(
     """Diffuse patchy opacities in the lower/peripheral lung fields: the fraction (0..0.9) of
     the lung's air that is replaced by something as dense as soft tissue."""
     field = np.zeros_like(x)
-    n = int(rng.integers(5, 10))
+    n = int(rng.integers(6, 11))
     first = float(rng.choice([-1.0, 1.0]))
     for i in range(n):
         # Mostly bilateral: alternate sides, now and then two on the same side.
@@ -171,11 +171,11 @@ def _opacities(
         # Peripheral (outer half of the lung) and lower (middle to base).
         bu = side * (p.lung_dx + p.lung_w * rng.uniform(0.0, 0.8))
         bv = rng.uniform(p.lung_top + 0.3 * (p.dome_v - p.lung_top), p.dome_v - 0.02)
-        sigma = rng.uniform(0.06, 0.11)
+        sigma = rng.uniform(0.07, 0.12)
         amp = rng.uniform(0.55, 1.0)
         field += amp * np.exp(-((x - bu) ** 2 + (vv - bv) ** 2) / (2.0 * sigma**2))
     patchy = np.clip(0.6 + 0.5 * _smooth_noise(rng, size, 12), 0.2, 1.0)
-    return 0.9 * (1.0 - np.exp(-1.6 * field * patchy))
+    return 0.95 * (1.0 - np.exp(-2.5 * field * patchy))
 
 
 def _density(rng: np.random.Generator, p: _Patient, size: int, covid: bool) -> np.ndarray:

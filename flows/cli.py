@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import sys
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated
@@ -40,8 +41,15 @@ Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect and
 
 
 class _ProgressHandler(logging.Handler):
+    """Prints progress lines with the seconds elapsed since the command started."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started = time.monotonic()
+
     def emit(self, record: logging.LogRecord) -> None:
-        console.print(f"  [dim]·[/dim] {record.getMessage()}", highlight=False)
+        elapsed = time.monotonic() - self.started
+        console.print(f"  [dim]{elapsed:5.0f}s[/dim] {record.getMessage()}", highlight=False)
 
 
 def _log_file() -> Path:
@@ -106,7 +114,7 @@ def _ui_hint() -> str:
 def demo(
     verbose: Verbose = False,
     epochs: Annotated[int, typer.Option(help="Training epochs.")] = 6,
-    image_size: Annotated[int, typer.Option(help="Square input size in pixels.")] = 224,
+    image_size: Annotated[int, typer.Option(help="Square input size in pixels (study: 224).")] = 128,
 ) -> None:
     """Run the whole pipeline on a generated (synthetic) sample: ingest → ... → score."""
     _configure(verbose)
@@ -274,3 +282,7 @@ def store_stop() -> None:
 
     stopped = embedded_store.stop(get_settings().state_dir)
     console.print("stopped" if stopped else "was not running")
+
+
+if __name__ == "__main__":
+    app()
