@@ -32,7 +32,9 @@ REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "cxr-real"
 def load(n: int, size: int) -> SplitArrays:
     manifest = pd.read_csv(REAL / "manifest.csv").sample(n=n, random_state=0)
     started = time.perf_counter()
-    images = np.stack([to_model_input((REAL / f).read_bytes(), size, name=f) for f in manifest["file"]])
+    images = np.stack(
+        [to_model_input((REAL / f).read_bytes(), size, name=f) for f in manifest["file"]]
+    )
     print(f"decode+convert: {n / (time.perf_counter() - started):.1f} images/s")
     labels = (manifest["label"] == "covid").to_numpy(np.float32)
     return SplitArrays(images, labels, list(manifest["file"]))
@@ -61,7 +63,10 @@ def main() -> None:
 
     trainer = fresh_trainer(args.image_size)
     x, y = arrays.images.astype(np.float32), arrays.labels
-    steps = [(x[i : i + args.batch_size], y[i : i + args.batch_size]) for i in range(0, len(x), args.batch_size)]
+    steps = [
+        (x[i : i + args.batch_size], y[i : i + args.batch_size])
+        for i in range(0, len(x), args.batch_size)
+    ]
     for xb, yb in steps:
         trainer.train_on_batch(xb, yb)
     started = time.perf_counter()
@@ -70,15 +75,19 @@ def main() -> None:
             trainer.train_on_batch(xb, yb)
     in_memory = len(arrays) * args.epochs / (time.perf_counter() - started)
 
-    print(json.dumps({
-        "machine": f"{platform.machine()} {os.cpu_count()} cores",
-        "image_size": args.image_size,
-        "images": len(arrays),
-        "epochs_timed": args.epochs,
-        "pipeline_images_per_s": round(pipeline, 2),
-        "train_on_batch_images_per_s": round(in_memory, 2),
-        "pipeline_vs_in_memory": round(pipeline / in_memory, 3),
-    }))
+    print(
+        json.dumps(
+            {
+                "machine": f"{platform.machine()} {os.cpu_count()} cores",
+                "image_size": args.image_size,
+                "images": len(arrays),
+                "epochs_timed": args.epochs,
+                "pipeline_images_per_s": round(pipeline, 2),
+                "train_on_batch_images_per_s": round(in_memory, 2),
+                "pipeline_vs_in_memory": round(pipeline / in_memory, 3),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

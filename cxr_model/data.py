@@ -52,7 +52,9 @@ def load_split_arrays(
     labels = (rows["label"] == POSITIVE_LABEL).to_numpy(np.float32)
     cache.parent.mkdir(parents=True, exist_ok=True)
     partial = cache.with_name(cache.stem + ".part.npz")
-    np.savez(partial, images=images, labels=labels, keys=np.array(list(rows["dataset_key"]), dtype=str))
+    np.savez(
+        partial, images=images, labels=labels, keys=np.array(list(rows["dataset_key"]), dtype=str)
+    )
     partial.replace(cache)
     return SplitArrays(images, labels, list(rows["dataset_key"]))
 
@@ -74,14 +76,18 @@ def training_batches(arrays: SplitArrays, batch_size: int, seed: int) -> tf.data
     """Shuffled (reshuffled each epoch), batched, prefetched training data."""
     data = tf.data.Dataset.from_tensor_slices((arrays.images, arrays.labels))
     data = data.shuffle(len(arrays), seed=seed, reshuffle_each_iteration=True)
-    return data.batch(batch_size).map(_as_float, num_parallel_calls=tf.data.AUTOTUNE).prefetch(
-        tf.data.AUTOTUNE
+    return (
+        data.batch(batch_size)
+        .map(_as_float, num_parallel_calls=tf.data.AUTOTUNE)
+        .prefetch(tf.data.AUTOTUNE)
     )
 
 
 def evaluation_batches(arrays: SplitArrays, batch_size: int) -> tf.data.Dataset:
     """Batches in a fixed order, for validation and prediction."""
     data = tf.data.Dataset.from_tensor_slices((arrays.images, arrays.labels))
-    return data.batch(batch_size).map(_as_float, num_parallel_calls=tf.data.AUTOTUNE).prefetch(
-        tf.data.AUTOTUNE
+    return (
+        data.batch(batch_size)
+        .map(_as_float, num_parallel_calls=tf.data.AUTOTUNE)
+        .prefetch(tf.data.AUTOTUNE)
     )

@@ -166,7 +166,10 @@ def probe(endpoint_url: str, creds: Credentials) -> bool:
         try:
             client.create_bucket(Bucket=PROBE_BUCKET)
         except ClientError as exc:
-            if exc.response["Error"]["Code"] not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+            if exc.response["Error"]["Code"] not in (
+                "BucketAlreadyOwnedByYou",
+                "BucketAlreadyExists",
+            ):
                 raise
         client.put_object(Bucket=PROBE_BUCKET, Key="probe", Body=marker)
         return client.get_object(Bucket=PROBE_BUCKET, Key="probe")["Body"].read() == marker
@@ -205,7 +208,9 @@ def start_server(
             return process, server
         time.sleep(0.5)
     process.terminate()
-    raise EmbeddedStoreError(f"SeaweedFS did not become ready in {READY_TIMEOUT_S:.0f}s; see {log_path}")
+    raise EmbeddedStoreError(
+        f"SeaweedFS did not become ready in {READY_TIMEOUT_S:.0f}s; see {log_path}"
+    )
 
 
 def _alive(pid: int) -> bool:
@@ -250,7 +255,9 @@ def ensure_running(state_dir: Path) -> tuple[EmbeddedServer, Credentials]:
             return server, creds
         if server and _alive(server.pid):
             _terminate(server.pid)
-        _, server = start_server(folder / "data", creds, log_path=folder / "server.log", detach=True)
+        _, server = start_server(
+            folder / "data", creds, log_path=folder / "server.log", detach=True
+        )
         (folder / "server.json").write_text(json.dumps(asdict(server)))
         return server, creds
 

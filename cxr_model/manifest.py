@@ -24,9 +24,25 @@ from cxr_model.sources import SourceRecord
 from cxr_model.storage import AlreadyExists, ObjectStore
 
 RAW_PREFIX = "raw/sha256"
-INGEST_COLUMNS = ["key", "raw_key", "sha256", "label", "source", "patient_id", "original_path", "read_error"]
+INGEST_COLUMNS = [
+    "key",
+    "raw_key",
+    "sha256",
+    "label",
+    "source",
+    "patient_id",
+    "original_path",
+    "read_error",
+]
 IMAGE_COLUMNS = INGEST_COLUMNS + [
-    "format", "mode", "width", "height", "bytes", "decodable", "error", "duplicate_of",
+    "format",
+    "mode",
+    "width",
+    "height",
+    "bytes",
+    "decodable",
+    "error",
+    "duplicate_of",
 ]
 PARALLEL_IO = 8
 
@@ -63,13 +79,17 @@ def ingest_record(store: ObjectStore, record: SourceRecord) -> IngestedImage:
     try:
         data = record.read()
     except OSError as exc:
-        return IngestedImage(key=key, raw_key="", sha256="", read_error=f"cannot read: {exc}", **meta)
+        return IngestedImage(
+            key=key, raw_key="", sha256="", read_error=f"cannot read: {exc}", **meta
+        )
     sha256 = hashlib.sha256(data).hexdigest()
     content_key = raw_key(sha256)
     stored_now = False
     if not store.exists(content_key):
         try:
-            store.put_bytes(content_key, data, content_type="application/octet-stream", create_only=True)
+            store.put_bytes(
+                content_key, data, content_type="application/octet-stream", create_only=True
+            )
             stored_now = True
         except AlreadyExists:
             pass  # another run stored the same bytes meanwhile
@@ -110,8 +130,15 @@ def describe_images(store: ObjectStore, ingested: pd.DataFrame) -> pd.DataFrame:
 
     def facts(row: pd.Series) -> dict:
         if pd.notna(row["read_error"]) and row["read_error"]:
-            return dict(format=None, mode=None, width=None, height=None, bytes=0,
-                        decodable=False, error=row["read_error"])
+            return dict(
+                format=None,
+                mode=None,
+                width=None,
+                height=None,
+                bytes=0,
+                decodable=False,
+                error=row["read_error"],
+            )
         return asdict(inspect_image(store.get_bytes(row["raw_key"])))
 
     with ThreadPoolExecutor(max_workers=PARALLEL_IO) as pool:

@@ -62,7 +62,9 @@ ARCHITECTURES = {"seed_cnn": seed_cnn}
 def build_model(architecture: str, image_size: int) -> keras.Model:
     """A fresh, uncompiled classifier of the named architecture."""
     if architecture not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture {architecture!r}; choose from {sorted(ARCHITECTURES)}")
+        raise ValueError(
+            f"unknown architecture {architecture!r}; choose from {sorted(ARCHITECTURES)}"
+        )
     return ARCHITECTURES[architecture](image_size=image_size)
 
 

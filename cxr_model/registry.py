@@ -99,7 +99,15 @@ def code_version() -> str:
 
 
 def library_versions() -> dict[str, str]:
-    names = ["tensorflow", "keras", "numpy", "scikit-learn", "pillow", "great-expectations", "prefect"]
+    names = [
+        "tensorflow",
+        "keras",
+        "numpy",
+        "scikit-learn",
+        "pillow",
+        "great-expectations",
+        "prefect",
+    ]
     versions = {"python": platform.python_version()}
     for name in names:
         try:
@@ -151,7 +159,9 @@ class Registry:
             version = max(self._numbers_in_use(), default=0) + 1
             model_key = f"{self._version_prefix(version)}/model.keras"
             try:
-                self.store.put_bytes(model_key, data, content_type="application/zip", create_only=True)
+                self.store.put_bytes(
+                    model_key, data, content_type="application/zip", create_only=True
+                )
             except AlreadyExists:
                 continue  # another process claimed this number first; take the next
             card = ModelCard(
@@ -230,7 +240,9 @@ class Registry:
             body = updated.model_dump_json(indent=2).encode()
             try:
                 if found is None:
-                    self.store.put_bytes(key, body, content_type="application/json", create_only=True)
+                    self.store.put_bytes(
+                        key, body, content_type="application/json", create_only=True
+                    )
                 else:
                     self.store.replace_if_unchanged(key, body, found[1])
                 return updated
@@ -244,7 +256,9 @@ class Registry:
             return int(text.lstrip("v"))
         current = self.alias(text)
         if current is None:
-            raise RegistryError(f"{self.name} has no alias {text!r}; known: {sorted(self.aliases())}")
+            raise RegistryError(
+                f"{self.name} has no alias {text!r}; known: {sorted(self.aliases())}"
+            )
         return current.version
 
     def load(self, ref: str | int) -> tuple[keras.Model, ModelCard]:

@@ -22,7 +22,13 @@ from cxr_model.images import ImageError, to_model_input
 from cxr_model.storage import ObjectStore, parse_s3_uri
 
 PREDICTION_COLUMNS = [
-    "source_path", "sha256", "probability_covid", "predicted_label", "model_version", "status", "error",
+    "source_path",
+    "sha256",
+    "probability_covid",
+    "predicted_label",
+    "model_version",
+    "status",
+    "error",
 ]
 OK, ERROR = "ok", "error"
 PREDICT_BATCH = 32

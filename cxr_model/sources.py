@@ -136,5 +136,7 @@ def parse_source(spec: str) -> Source:
     if sep and kind == "manifest":
         return ManifestSource(Path(rest).expanduser().resolve())
     if sep and len(kind) > 1 and kind not in ("file",):
-        raise SourceError(f"unknown source kind {kind!r} in {spec!r}: use folder:<path> or manifest:<csv>")
+        raise SourceError(
+            f"unknown source kind {kind!r} in {spec!r}: use folder:<path> or manifest:<csv>"
+        )
     return FolderSource(Path(spec).expanduser().resolve())

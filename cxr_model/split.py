@@ -21,13 +21,24 @@ from cxr_model.storage import ObjectStore
 
 TRAIN, VAL = "Train", "Val"
 DATASETS_PREFIX = "datasets"
-SPLIT_COLUMNS = ["split", "label", "patient_id", "sha256", "raw_key", "dataset_key", "key", "source"]
+SPLIT_COLUMNS = [
+    "split",
+    "label",
+    "patient_id",
+    "sha256",
+    "raw_key",
+    "dataset_key",
+    "key",
+    "source",
+]
 
 
 class SplitParams(BaseModel):
     """How to divide images between training and validation."""
 
-    val_fraction: float = Field(default=0.2, gt=0.0, lt=0.5, description="Share of patients held out for validation.")
+    val_fraction: float = Field(
+        default=0.2, gt=0.0, lt=0.5, description="Share of patients held out for validation."
+    )
     seed: int = Field(default=42, description="Seed of the grouped, stratified shuffle.")
 
 
@@ -80,13 +91,18 @@ def materialise(store: ObjectStore, images: pd.DataFrame, params: SplitParams) -
     """Split ``images`` (accepted rows of the image manifest) and copy them into the study layout."""
     unique = images.drop_duplicates("sha256")
     dataset_id = content_id(
-        unique, ["sha256", "label", "patient_id"], f"val_fraction={params.val_fraction}", f"seed={params.seed}"
+        unique,
+        ["sha256", "label", "patient_id"],
+        f"val_fraction={params.val_fraction}",
+        f"seed={params.seed}",
     )
     prefix = f"{DATASETS_PREFIX}/{dataset_id}"
     frame = unique.assign(split=split_by_patient(unique, params))
     frame["dataset_key"] = [
         f"{prefix}/{split}/{label}/{sha}{_suffix(fmt)}"
-        for split, label, sha, fmt in zip(frame["split"], frame["label"], frame["sha256"], frame["format"], strict=True)
+        for split, label, sha, fmt in zip(
+            frame["split"], frame["label"], frame["sha256"], frame["format"], strict=True
+        )
     ]
     split_key = f"{prefix}/split.csv"
     if not store.exists(split_key):

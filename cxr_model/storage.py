@@ -94,7 +94,11 @@ class ObjectStore:
         try:
             reply = self.client.put_object(Bucket=self.bucket, Key=key, Body=data, **extra)
         except ClientError as exc:
-            if create_only and _error_code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+            if create_only and _error_code(exc) in (
+                "PreconditionFailed",
+                "412",
+                "ConditionalRequestConflict",
+            ):
                 raise AlreadyExists(f"{self.uri(key)} already exists") from exc
             raise
         return reply["ETag"]
@@ -113,7 +117,9 @@ class ObjectStore:
 
     def put_file(self, key: str, path: Path) -> None:
         content_type = mimetypes.guess_type(str(path))[0] or "application/octet-stream"
-        self.client.upload_file(str(path), self.bucket, key, ExtraArgs={"ContentType": content_type})
+        self.client.upload_file(
+            str(path), self.bucket, key, ExtraArgs={"ContentType": content_type}
+        )
 
     def get_bytes(self, key: str) -> bytes:
         return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
@@ -198,7 +204,9 @@ def open_store(settings: Settings) -> ObjectStore:
             if code in DENIED_CODES
             else f"check CXR_BUCKET and the store ({exc})"
         )
-        raise StoreError(f"S3 at {_where(settings)} cannot use bucket {settings.bucket!r}: {hint}") from exc
+        raise StoreError(
+            f"S3 at {_where(settings)} cannot use bucket {settings.bucket!r}: {hint}"
+        ) from exc
     except BotoCoreError as exc:
         raise StoreError(
             f"cannot reach S3 at {_where(settings)}: {exc}. Check CXR_S3_ENDPOINT_URL (unset it to "

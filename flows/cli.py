@@ -15,8 +15,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-app = typer.Typer(help="cxr: chest x-rays → a registered COVID-vs-normal classifier, and scoring.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="cxr: chest x-rays → a registered COVID-vs-normal classifier, and scoring.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 registry_app = typer.Typer(help="Registered model versions and aliases.", no_args_is_help=True)
 store_app = typer.Typer(help="The embedded S3 store.", no_args_is_help=True)
 app.add_typer(registry_app, name="registry")
@@ -106,15 +109,19 @@ def _ui_hint() -> str:
     api = os.environ.get("PREFECT_API_URL")
     if api:
         return f"Prefect UI: {api.removesuffix('/api')}"
-    return ("Prefect UI: run `make ui` (prefect server start) and open http://127.0.0.1:4200 "
-            "to see these runs")
+    return (
+        "Prefect UI: run `make ui` (prefect server start) and open http://127.0.0.1:4200 "
+        "to see these runs"
+    )
 
 
 @app.command()
 def demo(
     verbose: Verbose = False,
     epochs: Annotated[int, typer.Option(help="Training epochs.")] = 6,
-    image_size: Annotated[int, typer.Option(help="Square input size in pixels (study: 224).")] = 128,
+    image_size: Annotated[
+        int, typer.Option(help="Square input size in pixels (study: 224).")
+    ] = 128,
 ) -> None:
     """Run the whole pipeline on a generated (synthetic) sample: ingest → ... → score."""
     _configure(verbose)
@@ -129,20 +136,30 @@ def demo(
     console.print()
     console.print(f"train accuracy:      {r.trained.train_accuracy:.3f}")
     console.print(f"validation accuracy: {r.trained.val_accuracy:.3f}")
-    console.print(f"registered:          {r.registered.name} version {r.registered.version} "
-                  f"(alias {r.registered.alias}) at {r.registered.uri}")
+    console.print(
+        f"registered:          {r.registered.name} version {r.registered.version} "
+        f"(alias {r.registered.alias}) at {r.registered.uri}"
+    )
     console.print(f"data quality report: {r.quality.report_uri}")
-    console.print(f"data docs:           {r.quality.docs_uri}  (local: file://{r.quality.docs_local})")
-    console.print(f"evaluation:          AUC {r.evaluation.auc}, sensitivity {r.evaluation.sensitivity}, "
-                  f"specificity {r.evaluation.specificity}")
-    console.print(f"predictions:         {result.score.predictions_uri} "
-                  f"({result.score.summary['scored']} scored, {result.score.summary['errors']} errors)")
+    console.print(
+        f"data docs:           {r.quality.docs_uri}  (local: file://{r.quality.docs_local})"
+    )
+    console.print(
+        f"evaluation:          AUC {r.evaluation.auc}, sensitivity {r.evaluation.sensitivity}, "
+        f"specificity {r.evaluation.specificity}"
+    )
+    console.print(
+        f"predictions:         {result.score.predictions_uri} "
+        f"({result.score.summary['scored']} scored, {result.score.summary['errors']} errors)"
+    )
     console.print(_ui_hint())
 
 
 @app.command()
 def ingest(
-    sources: Annotated[list[str], typer.Argument(help="folder:<path> or manifest:<csv> (a bare path is a folder).")],
+    sources: Annotated[
+        list[str], typer.Argument(help="folder:<path> or manifest:<csv> (a bare path is a folder).")
+    ],
     verbose: Verbose = False,
 ) -> None:
     """Get images from SOURCES into the raw store and check them (no training)."""
@@ -151,15 +168,19 @@ def ingest(
     from flows.ingest import ingest as ingest_flow
 
     report = _run("ingesting…", lambda: ingest_flow(IngestParams(sources=sources)))
-    console.print(f"{report.ingest.files} files ({report.ingest.stored_now} new); "
-                  f"{report.quality.accepted} accepted, {report.quality.rejected} quarantined")
+    console.print(
+        f"{report.ingest.files} files ({report.ingest.stored_now} new); "
+        f"{report.quality.accepted} accepted, {report.quality.rejected} quarantined"
+    )
     console.print(f"data quality report: {report.quality.report_uri}")
     console.print(f"data docs: file://{report.quality.docs_local}")
 
 
 @app.command()
 def train(
-    sources: Annotated[list[str], typer.Argument(help="folder:<path> or manifest:<csv> (a bare path is a folder).")],
+    sources: Annotated[
+        list[str], typer.Argument(help="folder:<path> or manifest:<csv> (a bare path is a folder).")
+    ],
     epochs: Annotated[int, typer.Option(help="Training epochs.")] = 6,
     image_size: Annotated[int, typer.Option(help="Square input size in pixels.")] = 224,
     batch_size: Annotated[int, typer.Option(help="Images per step.")] = 32,
@@ -177,19 +198,30 @@ def train(
     params = RetrainParams(
         sources=sources,
         split=SplitParams(val_fraction=val_fraction, seed=seed),
-        training=TrainParams(epochs=epochs, image_size=image_size, batch_size=batch_size,
-                             learning_rate=learning_rate, seed=seed),
+        training=TrainParams(
+            epochs=epochs,
+            image_size=image_size,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            seed=seed,
+        ),
     )
     r = _run("retraining…", lambda: retrain(params))
-    console.print(f"train accuracy {r.trained.train_accuracy:.3f}, validation accuracy "
-                  f"{r.trained.val_accuracy:.3f}, AUC {r.evaluation.auc}")
-    console.print(f"registered {r.registered.name} version {r.registered.version} "
-                  f"(alias {r.registered.alias}) at {r.registered.uri}")
+    console.print(
+        f"train accuracy {r.trained.train_accuracy:.3f}, validation accuracy "
+        f"{r.trained.val_accuracy:.3f}, AUC {r.evaluation.auc}"
+    )
+    console.print(
+        f"registered {r.registered.name} version {r.registered.version} "
+        f"(alias {r.registered.alias}) at {r.registered.uri}"
+    )
 
 
 @app.command()
 def score(
-    source: Annotated[str, typer.Argument(help="Folder to score: local path or s3://bucket/prefix.")],
+    source: Annotated[
+        str, typer.Argument(help="Folder to score: local path or s3://bucket/prefix.")
+    ],
     model: Annotated[str, typer.Option(help="Alias or version.")] = "champion",
     output: Annotated[str | None, typer.Option(help="Key prefix for the predictions.")] = None,
     threshold: Annotated[float | None, typer.Option(help="Override the card's threshold.")] = None,
@@ -203,8 +235,10 @@ def score(
     params = ScoreParams(input=location, model=model, output=output, threshold=threshold)
     result = _run(f"scoring {source}…", lambda: score_folder(params))
     s = result.summary
-    console.print(f"{s['files']} files found, {s['scored']} scored, {s['errors']} errors "
-                  f"{s['errors_by_reason'] or ''} with model version {result.model_version}")
+    console.print(
+        f"{s['files']} files found, {s['scored']} scored, {s['errors']} errors "
+        f"{s['errors_by_reason'] or ''} with model version {result.model_version}"
+    )
     console.print(f"predictions: {result.predictions_uri}")
 
 
@@ -218,7 +252,9 @@ def _registry():
 
 
 @registry_app.command("list")
-def registry_list(as_json: Annotated[bool, typer.Option("--json", help="JSON output.")] = False) -> None:
+def registry_list(
+    as_json: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
+) -> None:
     """Every registered version with its aliases and metrics."""
     _configure(False)
     try:
@@ -231,9 +267,15 @@ def registry_list(as_json: Annotated[bool, typer.Option("--json", help="JSON out
     table = Table("version", "aliases", "created", "accuracy", "AUC", "dataset", "size MB")
     for row in rows:
         metrics = row["metrics"]
-        table.add_row(str(row["version"]), ",".join(row["aliases"]), row["created_at"],
-                      f"{metrics.get('accuracy', 0):.3f}", str(metrics.get("auc")),
-                      row["dataset_id"], f"{row['model_bytes'] / 1e6:.1f}")
+        table.add_row(
+            str(row["version"]),
+            ",".join(row["aliases"]),
+            row["created_at"],
+            f"{metrics.get('accuracy', 0):.3f}",
+            str(metrics.get("auc")),
+            row["dataset_id"],
+            f"{row['model_bytes'] / 1e6:.1f}",
+        )
     console.print(table)
 
 
@@ -271,7 +313,9 @@ def store_status() -> None:
     from cxr_model.config import get_settings
 
     server = embedded_store.status(get_settings().state_dir)
-    console.print(f"running at {server.endpoint_url} (pid {server.pid})" if server else "not running")
+    console.print(
+        f"running at {server.endpoint_url} (pid {server.pid})" if server else "not running"
+    )
 
 
 @store_app.command("stop")

@@ -14,7 +14,6 @@ from flows.retrain import RetrainParams, RetrainResult, retrain
 from flows.score import ScoreParams, ScoreResult, score_folder
 from tasks.common import say
 
-
 # The study's CNN at 224 px trains at a few images/s on 2 CPU cores; 128 px keeps the demo to
 # minutes while exercising exactly the same network.
 DEMO_IMAGE_SIZE = 128
@@ -37,7 +36,9 @@ class DemoResult(BaseModel):
 def make_sample(folder: Path, seed: int) -> SampleSummary:
     """Generate the synthetic sample (deterministic: the same seed gives the same files)."""
     summary = generate_sample(folder, SampleSpec(seed=seed))
-    say(f"synthetic sample: {summary.images} images of {summary.patients} patients in {summary.root}")
+    say(
+        f"synthetic sample: {summary.images} images of {summary.patients} patients in {summary.root}"
+    )
     return summary
 
 
@@ -45,6 +46,8 @@ def make_sample(folder: Path, seed: int) -> SampleSummary:
 def demo(params: DemoParams) -> DemoResult:
     """Run the whole pipeline once on generated data."""
     sample = make_sample(get_settings().state_dir / "sample", params.sample_seed)
-    trained = retrain(RetrainParams(sources=[f"folder:{sample.train_dir}"], training=params.training))
+    trained = retrain(
+        RetrainParams(sources=[f"folder:{sample.train_dir}"], training=params.training)
+    )
     scored = score_folder(ScoreParams(input=str(sample.inbox_dir)))
     return DemoResult(sample_root=str(sample.root), retrain=trained, score=scored)

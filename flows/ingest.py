@@ -14,7 +14,9 @@ from tasks.quality import QualityResult, check_images
 
 
 class IngestParams(BaseModel):
-    sources: list[str] = Field(description="Image sources: folder:<path> or manifest:<csv>.", min_length=1)
+    sources: list[str] = Field(
+        description="Image sources: folder:<path> or manifest:<csv>.", min_length=1
+    )
     quality: QualitySettings = Field(default_factory=QualitySettings)
 
 

@@ -18,7 +18,9 @@ class ScoreParams(BaseModel):
     """A scoring request, as the CLI and the Prefect UI form fill it in."""
 
     input: str = Field(description="Folder to score: a local path or s3://bucket/prefix.")
-    model: str = Field(default="champion", description="Model alias (champion, ...) or version number.")
+    model: str = Field(
+        default="champion", description="Model alias (champion, ...) or version number."
+    )
     output: str | None = Field(
         default=None,
         description="Key prefix for the predictions in the cxr bucket; default runs/score/<run name>.",
@@ -37,7 +39,9 @@ class ScoreResult(BaseModel):
 
 def _run_name() -> str:
     params = flow_run.parameters.get("params")
-    location = params.input if isinstance(params, ScoreParams) else str((params or {}).get("input", ""))
+    location = (
+        params.input if isinstance(params, ScoreParams) else str((params or {}).get("input", ""))
+    )
     folder = PurePosixPath(location.rstrip("/")).name or "input"
     return f"score-{folder}-{datetime.now(UTC):%Y-%m-%d-%H%M%S}"
 
@@ -49,9 +53,13 @@ def score_folder(params: ScoreParams) -> ScoreResult:
     model = resolve_model(params.model, params.threshold)
     chunk_keys = [
         score_chunk(paths, model, f"{prefix}/chunks/{number:05d}.csv")
-        for number, paths in enumerate(chunked(list_inputs(params.input, store()), params.chunk_size))
+        for number, paths in enumerate(
+            chunked(list_inputs(params.input, store()), params.chunk_size)
+        )
     ]
-    summary: ScoreSummary = merge_predictions(chunk_keys, f"{prefix}/predictions.csv", f"Scored {params.input}")
+    summary: ScoreSummary = merge_predictions(
+        chunk_keys, f"{prefix}/predictions.csv", f"Scored {params.input}"
+    )
     return ScoreResult(
         model_version=model.version,
         predictions_uri=store().uri(f"{prefix}/predictions.csv"),

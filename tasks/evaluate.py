@@ -23,12 +23,16 @@ def evaluate_model(trained: TrainedModel, dataset: DatasetRef, run_prefix: str) 
     val = split_arrays(dataset, VAL, trained.params.image_size)
     probabilities = model.predict(val.images.astype("float32"), verbose=0).reshape(-1)
     evaluation = evaluate_predictions(val.labels, probabilities)
-    objects.put_bytes(f"{run_prefix}/evaluation.json", evaluation.model_dump_json(indent=2).encode())
+    objects.put_bytes(
+        f"{run_prefix}/evaluation.json", evaluation.model_dump_json(indent=2).encode()
+    )
     create_table_artifact(
         [{"metric": k, "value": v} for k, v in evaluation.model_dump().items()],
         key=artifact_key("evaluation"),
     )
     auc = "n/a" if evaluation.auc is None else f"{evaluation.auc:.3f}"
-    say(f"validation: accuracy {evaluation.accuracy:.3f}, AUC {auc}, "
-        f"sensitivity {evaluation.sensitivity}, specificity {evaluation.specificity}")
+    say(
+        f"validation: accuracy {evaluation.accuracy:.3f}, AUC {auc}, "
+        f"sensitivity {evaluation.sensitivity}, specificity {evaluation.specificity}"
+    )
     return evaluation

@@ -72,8 +72,10 @@ def merge_predictions(chunk_keys: list[str], output_key: str, title: str) -> sco
     """Concatenate chunk results into one predictions CSV and publish a summary."""
     objects = store()
     frames = [read_csv(objects, key) for key in chunk_keys]
-    merged = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
-        columns=scoring.PREDICTION_COLUMNS
+    merged = (
+        pd.concat(frames, ignore_index=True)
+        if frames
+        else pd.DataFrame(columns=scoring.PREDICTION_COLUMNS)
     )
     objects.put_bytes(output_key, scoring.frame_to_csv_bytes(merged), content_type="text/csv")
     summary = scoring.summarise(merged)
@@ -86,11 +88,14 @@ def merge_predictions(chunk_keys: list[str], output_key: str, title: str) -> sco
         key=artifact_key("scoring-summary"),
     )
     create_table_artifact(
-        merged.head(PREVIEW_ROWS).astype(str).to_dict("records"), key=artifact_key("predictions-preview")
+        merged.head(PREVIEW_ROWS).astype(str).to_dict("records"),
+        key=artifact_key("predictions-preview"),
     )
     create_link_artifact(
         link=objects.uri(output_key), link_text="predictions CSV", key=artifact_key("predictions")
     )
-    say(f"scored {summary.scored} of {summary.files} files ({summary.errors} errors); "
-        f"predictions at {objects.uri(output_key)}")
+    say(
+        f"scored {summary.scored} of {summary.files} files ({summary.errors} errors); "
+        f"predictions at {objects.uri(output_key)}"
+    )
     return summary

@@ -24,7 +24,9 @@ def sort_images(accepted_key: str, params: SplitParams) -> DatasetRef:
     """Split by patient and copy the images to ``datasets/<id>/{Train,Val}/{covid,normal}/``."""
     objects = store()
     dataset = materialise(objects, manifest.read_csv(objects, accepted_key), params)
-    say(f"dataset {dataset.dataset_id}: Train {dataset.counts['Train']}, Val {dataset.counts['Val']}")
+    say(
+        f"dataset {dataset.dataset_id}: Train {dataset.counts['Train']}, Val {dataset.counts['Val']}"
+    )
     return DatasetRef(
         dataset_id=dataset.dataset_id,
         uri=objects.uri(dataset.prefix + "/"),

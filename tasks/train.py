@@ -35,7 +35,9 @@ def split_arrays(dataset: DatasetRef, split: str, image_size: int) -> SplitArray
     """One split of a dataset as arrays, through the local per-dataset cache."""
     objects = store()
     cache = get_settings().cache_dir / "datasets" / dataset.dataset_id
-    return load_split_arrays(objects, load_split(objects, dataset.split_key), split, image_size, cache)
+    return load_split_arrays(
+        objects, load_split(objects, dataset.split_key), split, image_size, cache
+    )
 
 
 @task(name="train-model")
@@ -44,8 +46,10 @@ def fit_model(dataset: DatasetRef, params: TrainParams, run_prefix: str) -> Trai
     objects = store()
     train = split_arrays(dataset, TRAIN, params.image_size)
     val = split_arrays(dataset, VAL, params.image_size)
-    say(f"training {params.architecture} on {len(train)} images ({params.epochs} epochs, "
-        f"{params.image_size}px, batch {params.batch_size})")
+    say(
+        f"training {params.architecture} on {len(train)} images ({params.epochs} epochs, "
+        f"{params.image_size}px, batch {params.batch_size})"
+    )
     with tempfile.TemporaryDirectory() as work:
         result = train_model(train, val, params, Path(work))
         model_key = f"{run_prefix}/model.keras"
@@ -62,9 +66,11 @@ def fit_model(dataset: DatasetRef, params: TrainParams, run_prefix: str) -> Trai
     }
     objects.put_bytes(training_key, json.dumps(training, indent=2).encode())
     create_table_artifact(history.round(4).to_dict("records"), key=artifact_key("training-history"))
-    say(f"trained in {result.seconds:.0f}s ({result.images_per_second:.1f} images/s on "
+    say(
+        f"trained in {result.seconds:.0f}s ({result.images_per_second:.1f} images/s on "
         f"{', '.join(result.devices)}): train accuracy {result.train_accuracy:.3f}, "
-        f"validation accuracy {result.val_accuracy:.3f}")
+        f"validation accuracy {result.val_accuracy:.3f}"
+    )
     return TrainedModel(
         model_key=model_key,
         training_key=training_key,

@@ -19,7 +19,9 @@ def test_commands_share_one_server_and_data_survives_a_restart(tmp_path):
     settings = Settings(state_dir=tmp_path / "state", bucket="cxr-embedded")
     try:
         with ThreadPoolExecutor(max_workers=3) as pool:
-            servers = list(pool.map(lambda _: embedded_store.ensure_running(settings.state_dir), range(3)))
+            servers = list(
+                pool.map(lambda _: embedded_store.ensure_running(settings.state_dir), range(3))
+            )
         assert len({server.pid for server, _ in servers}) == 1  # three commands, one server
         server, creds = servers[0]
         assert server.endpoint_url.startswith("http://127.0.0.1:")
@@ -42,7 +44,9 @@ def test_commands_share_one_server_and_data_survives_a_restart(tmp_path):
 def test_anonymous_and_wrong_credentials_are_refused(s3_server):
     server, creds = s3_server
     anonymous = boto3.client(
-        "s3", endpoint_url=server.endpoint_url, region_name="us-east-1",
+        "s3",
+        endpoint_url=server.endpoint_url,
+        region_name="us-east-1",
         config=Config(signature_version=UNSIGNED),
     )
     with pytest.raises(ClientError) as refused:

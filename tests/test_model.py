@@ -10,13 +10,28 @@ from cxr_model.model import build_model, seed_cnn, with_augmentation
 
 def test_seed_cnn_is_the_study_network():
     model = seed_cnn(image_size=224)
-    layers = [(type(layer).__name__, getattr(layer, "filters", None) or getattr(layer, "units", None)
-               or getattr(layer, "rate", None)) for layer in model.layers[1:]]
+    layers = [
+        (
+            type(layer).__name__,
+            getattr(layer, "filters", None)
+            or getattr(layer, "units", None)
+            or getattr(layer, "rate", None),
+        )
+        for layer in model.layers[1:]
+    ]
     assert layers == [
         ("Rescaling", None),
-        ("Conv2D", 32), ("Conv2D", 64), ("MaxPooling2D", None), ("Dropout", 0.25),
-        ("Conv2D", 128), ("MaxPooling2D", None), ("Dropout", 0.25),
-        ("Flatten", None), ("Dense", 64), ("Dropout", 0.5), ("Dense", 1),
+        ("Conv2D", 32),
+        ("Conv2D", 64),
+        ("MaxPooling2D", None),
+        ("Dropout", 0.25),
+        ("Conv2D", 128),
+        ("MaxPooling2D", None),
+        ("Dropout", 0.25),
+        ("Flatten", None),
+        ("Dense", 64),
+        ("Dropout", 0.5),
+        ("Dense", 1),
     ]
     assert model.input_shape == (None, 224, 224, 3) and model.output_shape == (None, 1)
     # 224 → conv 222 → conv 220 → pool 110 → conv 108 → pool 54: 54*54*128 features into Dense 64

@@ -33,7 +33,7 @@ def real_subset(real_data, tmp_path) -> Path:
     parts = [
         manifest[manifest["source"] == "actualmed"],
         manifest[manifest["source"] == "hannover"].head(16),
-        manifest[manifest["source"] == "nih"].head(16),
+        manifest[manifest["source"] == "nih-cxr8"].head(16),
     ]
     subset = pd.concat(parts)[["file", "label", "patient_id"]]
     subset["file"] = [str(real_data / f) for f in subset["file"]]
@@ -45,7 +45,9 @@ def real_subset(real_data, tmp_path) -> Path:
     return path
 
 
-def test_retrain_then_score_real_xrays(prefect_harness, settings, store, real_subset, real_data, tmp_path):
+def test_retrain_then_score_real_xrays(
+    prefect_harness, settings, store, real_subset, real_data, tmp_path
+):
     from flows.retrain import RetrainParams, retrain
     from flows.score import ScoreParams, score_folder
 
@@ -104,7 +106,11 @@ def _check_cli(settings, tmp_path):
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
     listing = subprocess.run(
         [sys.executable, "-m", "flows.cli", "registry", "list", "--json"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert listing.returncode == 0, listing.stdout + listing.stderr
     versions = json.loads(listing.stdout)
@@ -112,12 +118,18 @@ def _check_cli(settings, tmp_path):
 
     inbox = tmp_path / "inbox"
     inbox.mkdir()
-    (inbox / "good.png").write_bytes((REPO.parent / "shared/data/cxr-real/nih/normal").iterdir().__next__().read_bytes())
+    (inbox / "good.png").write_bytes(
+        (REPO.parent / "shared/data/cxr-real/nih/normal").iterdir().__next__().read_bytes()
+    )
     (inbox / "truncated.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
     (inbox / "readme.txt").write_text("not an x-ray")
     scoring = subprocess.run(
         [sys.executable, "-m", "flows.cli", "score", str(inbox)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert scoring.returncode == 0, scoring.stdout + scoring.stderr
     assert "3 files found, 1 scored, 2 errors" in scoring.stdout

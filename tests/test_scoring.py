@@ -9,7 +9,16 @@ import pytest
 from PIL import Image
 
 from cxr_model.model import seed_cnn
-from cxr_model.scoring import ERROR, OK, ScoringError, chunked, list_inputs, predictions_frame, score_files, summarise
+from cxr_model.scoring import (
+    ERROR,
+    OK,
+    ScoringError,
+    chunked,
+    list_inputs,
+    predictions_frame,
+    score_files,
+    summarise,
+)
 
 
 def png(value: int) -> bytes:
@@ -27,7 +36,9 @@ def test_every_file_gets_a_row_in_input_order(tmp_path, store):
     paths = list(list_inputs(str(tmp_path), store))
     assert [p.rsplit("/", 1)[-1] for p in paths] == ["a.png", "empty.png", "notes.txt", "b.png"]
 
-    predictions = score_files(paths, store, seed_cnn(32), model_version=3, image_size=32, threshold=0.5)
+    predictions = score_files(
+        paths, store, seed_cnn(32), model_version=3, image_size=32, threshold=0.5
+    )
     assert [p.status for p in predictions] == [OK, ERROR, ERROR, OK]
     assert predictions[1].error == "empty file (0 bytes)"
     assert predictions[2].error.startswith("not an image")
@@ -46,7 +57,9 @@ def test_s3_prefix_inputs_are_listed_and_read(store):
     store.put_bytes("inbox/two.png", png(60))
     paths = list(list_inputs(f"s3://{store.bucket}/inbox/", store))
     assert paths == [f"s3://{store.bucket}/inbox/one.png", f"s3://{store.bucket}/inbox/two.png"]
-    predictions = score_files(paths, store, seed_cnn(32), model_version=1, image_size=32, threshold=0.5)
+    predictions = score_files(
+        paths, store, seed_cnn(32), model_version=1, image_size=32, threshold=0.5
+    )
     assert [p.status for p in predictions] == [OK, OK]
 
 

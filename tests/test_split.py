@@ -68,7 +68,10 @@ def test_materialise_lays_out_the_study_folders(store):
     assert f"{dataset.prefix}/split.csv" in keys
     image_keys = [k for k in keys if not k.endswith("split.csv")]
     assert len(image_keys) == 20
-    assert all(k.split("/")[2] in (TRAIN, VAL) and k.split("/")[3] in ("covid", "normal") for k in image_keys)
+    assert all(
+        k.split("/")[2] in (TRAIN, VAL) and k.split("/")[3] in ("covid", "normal")
+        for k in image_keys
+    )
     assert sum(sum(c.values()) for c in dataset.counts.values()) == 20
     one = next(k for k in image_keys if k.endswith("p3-01.png"))
     assert store.get_bytes(one) == b"raw/p3-01"
