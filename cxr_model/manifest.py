@@ -110,7 +110,7 @@ def to_frame(images: Iterable[IngestedImage]) -> pd.DataFrame:
 
 def content_id(frame: pd.DataFrame, columns: list[str], *extra: str) -> str:
     """A short stable id for a table's content (order-independent) plus extra parameters."""
-    rows = sorted(frame[columns].astype(str).agg("|".join, axis=1))
+    rows = sorted(frame[columns].fillna("").astype(str).agg("|".join, axis=1))
     digest = hashlib.sha256("\n".join([*rows, *extra]).encode())
     return digest.hexdigest()[:12]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from functools import lru_cache
 
+from botocore.exceptions import BotoCoreError, ClientError
 from prefect import get_run_logger
 from prefect.runtime import flow_run
 
@@ -23,6 +24,21 @@ def _store_for(settings_json: str) -> ObjectStore:
 def store() -> ObjectStore:
     """The configured object store, opened once per process."""
     return _store_for(get_settings().model_dump_json())
+
+
+def transient_failure(task, task_run, state) -> bool:
+    """Retry only what may succeed next time: storage or network trouble, not bad input."""
+    error = state.data if isinstance(state.data, BaseException) else None
+    if isinstance(error, ClientError):
+        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        return status >= 500 or error.response.get("Error", {}).get("Code") in THROTTLED
+    return isinstance(error, BotoCoreError | ConnectionError | TimeoutError)
+
+
+THROTTLED = {"SlowDown", "Throttling", "RequestTimeout", "ServiceUnavailable"}
+TRANSIENT_RETRIES = dict(
+    retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=transient_failure
+)
 
 
 def say(message: str) -> None:

@@ -8,7 +8,7 @@ from pydantic import BaseModel
 
 from cxr_model import manifest
 from cxr_model.sources import parse_source
-from tasks.common import artifact_key, say, store
+from tasks.common import TRANSIENT_RETRIES, artifact_key, say, store
 
 
 class IngestResult(BaseModel):
@@ -20,7 +20,7 @@ class IngestResult(BaseModel):
     by_label: dict[str, int]
 
 
-@task(name="get-images", retries=2, retry_delay_seconds=[5, 30])
+@task(name="get-images", **TRANSIENT_RETRIES)
 def get_images(sources: list[str]) -> IngestResult:
     """Ingest all ``sources``; files already in the raw store are not stored again."""
     objects = store()

@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from cxr_model.config import get_settings
 from cxr_model.evaluate import Evaluation
 from cxr_model.registry import CANDIDATE, CHAMPION, Registry
-from tasks.common import artifact_key, say, store
+from tasks.common import TRANSIENT_RETRIES, artifact_key, say, store
 from tasks.split import DatasetRef
 from tasks.train import TrainedModel
 
@@ -31,7 +31,7 @@ def registry() -> Registry:
     return Registry(store(), settings.model_name, settings.cache_dir)
 
 
-@task(name="register-model", retries=2, retry_delay_seconds=[5, 30])
+@task(name="register-model", **TRANSIENT_RETRIES)
 def register_model(
     trained: TrainedModel, evaluation: Evaluation, dataset: DatasetRef, parameters: dict
 ) -> RegisteredModel:

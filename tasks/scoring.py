@@ -14,7 +14,7 @@ from cxr_model import scoring
 from cxr_model.config import get_settings
 from cxr_model.manifest import read_csv
 from cxr_model.registry import ModelCard
-from tasks.common import artifact_key, say, store
+from tasks.common import TRANSIENT_RETRIES, artifact_key, say, store
 from tasks.registry import registry
 
 PREVIEW_ROWS = 20
@@ -38,7 +38,7 @@ def _loaded(version: int) -> tuple[keras.Model, ModelCard]:
     return _load_cached(get_settings().model_dump_json(), version)
 
 
-@task(name="resolve-model", retries=2, retry_delay_seconds=5)
+@task(name="resolve-model", **TRANSIENT_RETRIES)
 def resolve_model(ref: str, threshold: float | None) -> ModelChoice:
     """The version behind an alias or number (loaded and verified once per process)."""
     version = registry().resolve(ref)
@@ -50,7 +50,7 @@ def resolve_model(ref: str, threshold: float | None) -> ModelChoice:
     )
 
 
-@task(name="score-chunk", retries=1, retry_delay_seconds=5)
+@task(name="score-chunk", **TRANSIENT_RETRIES)
 def score_chunk(paths: list[str], model: ModelChoice, chunk_key: str) -> str:
     """Score one chunk of files and write its rows to ``chunk_key``; returns the key."""
     objects = store()
@@ -67,7 +67,7 @@ def score_chunk(paths: list[str], model: ModelChoice, chunk_key: str) -> str:
     return chunk_key
 
 
-@task(name="merge-predictions", retries=2, retry_delay_seconds=5)
+@task(name="merge-predictions", **TRANSIENT_RETRIES)
 def merge_predictions(chunk_keys: list[str], output_key: str, title: str) -> scoring.ScoreSummary:
     """Concatenate chunk results into one predictions CSV and publish a summary."""
     objects = store()

@@ -7,7 +7,7 @@ from pydantic import BaseModel
 
 from cxr_model import manifest
 from cxr_model.split import SplitParams, materialise
-from tasks.common import say, store
+from tasks.common import TRANSIENT_RETRIES, say, store
 
 
 class DatasetRef(BaseModel):
@@ -19,7 +19,7 @@ class DatasetRef(BaseModel):
     counts: dict[str, dict[str, int]]
 
 
-@task(name="sort-images", retries=2, retry_delay_seconds=[5, 30])
+@task(name="sort-images", **TRANSIENT_RETRIES)
 def sort_images(accepted_key: str, params: SplitParams) -> DatasetRef:
     """Split by patient and copy the images to ``datasets/<id>/{Train,Val}/{covid,normal}/``."""
     objects = store()
