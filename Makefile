@@ -6,7 +6,6 @@ UV := $(TOOLS)/bin/uv
 RUN := $(UV) run --frozen --no-sync
 
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
-export UV_PYTHON ?= $(shell command -v $(PYTHON))
 
 .PHONY: install demo test lint bench ui store-stop clean
 

@@ -118,10 +118,9 @@ def _ui_hint() -> str:
 @app.command()
 def demo(
     verbose: Verbose = False,
-    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 6,
-    image_size: Annotated[
-        int, typer.Option(help="Square input size in pixels (study: 224).")
-    ] = 128,
+    epochs: Annotated[int | None, typer.Option(help="Training epochs (demo: 10).")] = None,
+    image_size: Annotated[int | None, typer.Option(help="Input size in px (demo: 128; study: 224).")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Images per step (demo: 16).")] = None,
 ) -> None:
     """Run the whole pipeline on a generated (synthetic) sample: ingest → ... → score."""
     _configure(verbose)
@@ -129,8 +128,11 @@ def demo(
     from flows.demo import DemoParams
     from flows.demo import demo as demo_flow
 
+    params = DemoParams()
+    overrides = {"epochs": epochs, "image_size": image_size, "batch_size": batch_size}
+    chosen = {k: v for k, v in overrides.items() if v is not None}
+    params.training = TrainParams(**{**params.training.model_dump(), **chosen})
     console.print("[bold]cxr demo[/bold] on a SYNTHETIC sample (generated, not real x-rays)")
-    params = DemoParams(training=TrainParams(epochs=epochs, image_size=image_size))
     result = _run("running the pipeline…", lambda: demo_flow(params))
     r = result.retrain
     console.print()
