@@ -118,8 +118,10 @@ def _ui_hint() -> str:
 @app.command()
 def demo(
     verbose: Verbose = False,
-    epochs: Annotated[int | None, typer.Option(help="Training epochs (demo: 10).")] = None,
-    image_size: Annotated[int | None, typer.Option(help="Input size in px (demo: 128; study: 224).")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Training epochs (demo: 15).")] = None,
+    image_size: Annotated[
+        int | None, typer.Option(help="Input size in px (demo: 64; study: 224).")
+    ] = None,
     batch_size: Annotated[int | None, typer.Option(help="Images per step (demo: 16).")] = None,
 ) -> None:
     """Run the whole pipeline on a generated (synthetic) sample: ingest → ... → score."""

@@ -14,22 +14,17 @@ from flows.retrain import RetrainParams, RetrainResult, retrain
 from flows.score import ScoreParams, ScoreResult, score_folder
 from tasks.common import say
 
-# The study's CNN at 224 px trains at a few images/s on 2 CPU cores; 128 px keeps the demo to
-# minutes while exercising exactly the same network. On a sample this small, batch 32 gives the
-# network only 4 steps an epoch, too few to learn; batch 16 and 10 epochs do.
-DEMO_IMAGE_SIZE = 128
-DEMO_BATCH_SIZE = 16
-DEMO_EPOCHS = 10
+# The study's CNN at 224 px trains at a few images/s on 2 CPU cores, and on a sample this small its
+# last-epoch accuracy swings from epoch to epoch at the study's batch 32 and learning rate 1e-3
+# (4 steps an epoch). Measured on the default sample: 64 px, batch 16, learning rate 3e-4 and 15
+# epochs reach validation AUC 1.0 and accuracy 0.88-1.0 over the last epochs, in about 30 s.
+DEMO_TRAINING = TrainParams(image_size=64, batch_size=16, learning_rate=3e-4, epochs=15)
 
 
 class DemoParams(BaseModel):
     """The demo's knobs: the study's CNN and epochs on a small synthetic sample."""
 
-    training: TrainParams = Field(
-        default_factory=lambda: TrainParams(
-            image_size=DEMO_IMAGE_SIZE, batch_size=DEMO_BATCH_SIZE, epochs=DEMO_EPOCHS
-        )
-    )
+    training: TrainParams = Field(default_factory=DEMO_TRAINING.model_copy)
     sample_seed: int = Field(default=0, description="Seed of the synthetic sample.")
 
 
