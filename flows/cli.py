@@ -239,9 +239,11 @@ def score(
     params = ScoreParams(input=location, model=model, output=output, threshold=threshold)
     result = _run(f"scoring {source}…", lambda: score_folder(params))
     s = result.summary
+    reasons = ", ".join(f"{reason}: {count}" for reason, count in s["errors_by_reason"].items())
     console.print(
-        f"{s['files']} files found, {s['scored']} scored, {s['errors']} errors "
-        f"{s['errors_by_reason'] or ''} with model version {result.model_version}"
+        f"{s['files']} files found, {s['scored']} scored, {s['errors']} errors"
+        + (f" ({reasons})" if reasons else "")
+        + f"; model version {result.model_version}"
     )
     console.print(f"predictions: {result.predictions_uri}")
 
