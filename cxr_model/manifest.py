@@ -34,16 +34,9 @@ INGEST_COLUMNS = [
     "original_path",
     "read_error",
 ]
-IMAGE_COLUMNS = INGEST_COLUMNS + [
-    "format",
-    "mode",
-    "width",
-    "height",
-    "bytes",
-    "decodable",
-    "error",
-    "duplicate_of",
-]
+# What Pillow and the duplicate check add to each ingest row (the data-quality suites read these).
+FACT_COLUMNS = ["format", "mode", "width", "height", "bytes", "decodable", "error", "duplicate_of"]
+IMAGE_COLUMNS = INGEST_COLUMNS + FACT_COLUMNS
 PARALLEL_IO = 8
 
 

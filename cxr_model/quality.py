@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import pandas as pd
 from pydantic import BaseModel, Field
 
+from cxr_model.manifest import FACT_COLUMNS
+
 if TYPE_CHECKING:
     from great_expectations import ExpectationSuite
     from great_expectations.core import ExpectationValidationResult
@@ -58,14 +60,7 @@ MANIFEST_COLUMNS = (
     "source",
     "patient_id",
     "original_path",
-    "format",
-    "mode",
-    "width",
-    "height",
-    "bytes",
-    "decodable",
-    "error",
-    "duplicate_of",
+    *FACT_COLUMNS,
 )
 _COMPLETE = {"result_format": "COMPLETE", "unexpected_index_column_names": ["key"]}
 

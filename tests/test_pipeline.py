@@ -51,14 +51,13 @@ def test_retrain_then_score_real_xrays(
     from flows.retrain import RetrainParams, retrain
     from flows.score import ScoreParams, score_folder
 
-    result = retrain(
-        RetrainParams(
-            sources=[f"manifest:{real_subset}"],
-            quality=QualitySettings(min_rows=20),
-            split=SplitParams(val_fraction=0.25, seed=1),
-            training=TrainParams(image_size=48, epochs=1, batch_size=16),
-        )
+    params = RetrainParams(
+        sources=[f"manifest:{real_subset}"],
+        quality=QualitySettings(min_rows=20),
+        split=SplitParams(val_fraction=0.25, seed=1),
+        training=TrainParams(image_size=48, epochs=1, batch_size=16),
     )
+    result = retrain(params)
     assert result.ingest.files == 77
     assert result.quality.accepted == 76 and result.quality.rejected == 1
     report = store.get_bytes(result.quality.report_uri.split(f"s3://{store.bucket}/")[1]).decode()
@@ -84,14 +83,7 @@ def test_retrain_then_score_real_xrays(
     assert probabilities.between(0, 1).all()
 
     # a second run on the same data stores no new raw image and registers version 2
-    again = retrain(
-        RetrainParams(
-            sources=[f"manifest:{real_subset}"],
-            quality=QualitySettings(min_rows=20),
-            split=SplitParams(val_fraction=0.25, seed=1),
-            training=TrainParams(image_size=48, epochs=1, batch_size=16),
-        )
-    )
+    again = retrain(params)
     assert again.ingest.stored_now == 0
     assert again.dataset.dataset_id == result.dataset.dataset_id
     assert (again.registered.version, again.registered.alias) == (2, "candidate")
