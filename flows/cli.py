@@ -276,7 +276,7 @@ def registry_list(
         table.add_row(
             str(row["version"]),
             ",".join(row["aliases"]),
-            row["created_at"],
+            row["created_at"][:16].replace("T", " "),
             f"{metrics.get('accuracy', 0):.3f}",
             str(metrics.get("auc")),
             row["dataset_id"],
