@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 from prefect import flow, task
@@ -44,7 +45,11 @@ def make_sample(folder: Path, seed: int) -> SampleSummary:
     return summary
 
 
-@flow(name="demo")
+def _run_name() -> str:
+    return f"demo-{datetime.now(UTC):%Y-%m-%d-%H%M%S}"
+
+
+@flow(name="demo", flow_run_name=_run_name)
 def demo(params: DemoParams) -> DemoResult:
     """Run the whole pipeline once on generated data."""
     sample = make_sample(get_settings().state_dir / "sample", params.sample_seed)
