@@ -32,6 +32,8 @@ INGEST_COLUMNS = [
     "source",
     "patient_id",
     "original_path",
+    "view",
+    "license",
     "read_error",
 ]
 # What Pillow and the duplicate check add to each ingest row (the data-quality suites read these).
@@ -56,6 +58,8 @@ class IngestedImage:
     source: str
     patient_id: str | None
     original_path: str
+    view: str | None = None
+    license: str | None = None
     read_error: str | None = None
     stored_now: bool = False
 
@@ -67,6 +71,8 @@ def ingest_record(store: ObjectStore, record: SourceRecord) -> IngestedImage:
         source=record.source,
         patient_id=record.patient_id,
         original_path=record.original_path,
+        view=record.metadata.get("view"),
+        license=record.metadata.get("license"),
     )
     key = f"{record.source}/{record.original_path}"
     try:

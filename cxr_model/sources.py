@@ -13,7 +13,7 @@ A source is named by a spec string (on the CLI and as a flow parameter):
 from __future__ import annotations
 
 import csv
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +34,7 @@ class SourceRecord:
     label: str | None
     patient_id: str | None
     read: Callable[[], bytes] = field(repr=False, compare=False)
+    metadata: Mapping[str, str] = field(default_factory=dict)  # view, license, url, ...
 
 
 def _patient_ids(root: Path) -> dict[str, str]:
