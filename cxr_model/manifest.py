@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -24,6 +25,7 @@ from cxr_model.sources import SourceRecord
 from cxr_model.storage import AlreadyExists, ObjectStore
 
 RAW_PREFIX = "raw/sha256"
+QUARANTINE_PREFIX = "quarantine"
 INGEST_COLUMNS = [
     "key",
     "raw_key",
@@ -102,9 +104,68 @@ def ingest(store: ObjectStore, records: Iterable[SourceRecord]) -> list[Ingested
 
 
 def to_frame(images: Iterable[IngestedImage]) -> pd.DataFrame:
-    return pd.DataFrame([asdict(i) for i in images], columns=INGEST_COLUMNS + ["stored_now"])[
-        INGEST_COLUMNS
+    """The ingest manifest, plus ``stored_now`` (whether this run stored the bytes)."""
+    return pd.DataFrame([asdict(i) for i in images], columns=INGEST_COLUMNS + ["stored_now"])
+
+
+def ingest_summary(frame: pd.DataFrame, limit: int = 50) -> str:
+    """Markdown: files per source and label, how many were new, and every file not fetched."""
+    failed = frame["read_error"].notna() & (frame["read_error"] != "")
+    table = (
+        frame.assign(label=frame["label"].fillna("(none)"), failed=failed, new=frame["stored_now"])
+        .groupby("source")
+        .agg(files=("key", "size"), new=("new", "sum"), not_fetched=("failed", "sum"))
+    )
+    labels = pd.crosstab(frame["source"], frame["label"].fillna("(none)"))
+    table = table.join(labels)
+    lines = [
+        f"### Images ingested: {len(frame)} files, {int(frame['stored_now'].sum())} new, "
+        f"{int(failed.sum())} not fetched",
+        "",
+        "| source | " + " | ".join(table.columns) + " |",
+        "|---|" + "---|" * len(table.columns),
     ]
+    lines += [
+        f"| {source} | " + " | ".join(str(int(v)) for v in row) + " |"
+        for source, row in table.iterrows()
+    ]
+    if failed.any():
+        lines += [
+            "",
+            f"**Not fetched ({int(failed.sum())})** — kept in the manifest and reported:",
+            "",
+        ]
+        rows = frame[failed].head(limit)
+        lines += [f"- `{r.original_path}` ({r.source}): {r.read_error}" for r in rows.itertuples()]
+        if failed.sum() > limit:
+            lines.append(f"- … and {int(failed.sum()) - limit} more (see the ingest manifest)")
+    return "\n".join(lines)
+
+
+def quarantine(
+    store: ObjectStore, images: pd.DataFrame, reasons: dict[str, list[str]]
+) -> list[str]:
+    """Keep each rejected file under ``quarantine/<sha256>`` with a JSON note of why.
+
+    ``reasons`` maps manifest keys to their rejection reasons. Files that could not be read have
+    no bytes to keep; their note is written under ``quarantine/unread/``. Returns the note keys.
+    """
+    notes = []
+    rows = images.set_index("key", drop=False)
+    for key, why in reasons.items():
+        row = rows.loc[key]
+        fields = ("key", "source", "original_path", "label", "sha256")
+        note = {f: None if pd.isna(row[f]) else row[f] for f in fields} | {"reasons": why}
+        if row["raw_key"] and pd.notna(row["raw_key"]):
+            store.copy(row["raw_key"], f"{QUARANTINE_PREFIX}/{row['sha256']}")
+            note_key = f"{QUARANTINE_PREFIX}/{row['sha256']}.json"
+        else:
+            note_key = (
+                f"{QUARANTINE_PREFIX}/unread/{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+            )
+        store.put_bytes(note_key, json.dumps(note, indent=2, default=str).encode())
+        notes.append(note_key)
+    return notes
 
 
 def content_id(frame: pd.DataFrame, columns: list[str], *extra: str) -> str:

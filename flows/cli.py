@@ -13,6 +13,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markdown import Markdown
 from rich.table import Table
 
 app = typer.Typer(
@@ -172,12 +173,12 @@ def ingest(
     from flows.ingest import ingest as ingest_flow
 
     report = _run("ingesting…", lambda: ingest_flow(IngestParams(sources=sources)))
-    console.print(
-        f"{report.ingest.files} files ({report.ingest.stored_now} new); "
-        f"{report.quality.accepted} accepted, {report.quality.rejected} quarantined"
-    )
+    console.print(Markdown(report.ingest.summary))
+    console.print(Markdown(report.quality.summary))
     console.print(f"data quality report: {report.quality.report_uri}")
-    console.print(f"data docs: file://{report.quality.docs_local}")
+    console.print(
+        f"data docs: {report.quality.docs_uri} (local: file://{report.quality.docs_local})"
+    )
 
 
 @app.command()

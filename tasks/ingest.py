@@ -17,7 +17,9 @@ class IngestResult(BaseModel):
     manifest_key: str
     files: int
     stored_now: int
+    not_fetched: int
     by_label: dict[str, int]
+    summary: str
 
 
 @task(name="get-images", **TRANSIENT_RETRIES)
@@ -28,23 +30,23 @@ def get_images(sources: list[str]) -> IngestResult:
     for spec in sources:
         source = parse_source(spec)
         found = manifest.ingest(objects, source.records())
-        say(f"{source.name}: {len(found)} files, {sum(i.stored_now for i in found)} new")
+        failed = sum(bool(i.read_error) for i in found)
+        say(
+            f"{source.name}: {len(found)} files, {sum(i.stored_now for i in found)} new"
+            + (f", {failed} could not be fetched (listed in the report)" if failed else "")
+        )
         images.extend(found)
     frame = manifest.to_frame(images)
     ingest_id = manifest.content_id(frame, ["key", "sha256", "label", "patient_id"])
     key = manifest.write_csv(objects, f"manifests/ingest-{ingest_id}.csv", frame)
+    summary = manifest.ingest_summary(frame) + f"\n\nIngest manifest: `{objects.uri(key)}`"
     result = IngestResult(
         manifest_key=key,
         files=len(frame),
-        stored_now=sum(i.stored_now for i in images),
+        stored_now=int(frame["stored_now"].sum()),
+        not_fetched=int(frame["read_error"].notna().sum()),
         by_label={str(k): int(v) for k, v in frame["label"].value_counts(dropna=False).items()},
+        summary=summary,
     )
-    create_markdown_artifact(
-        markdown=(
-            f"### Images ingested\n\n{result.files} files from {len(sources)} source(s); "
-            f"{result.stored_now} stored now, the rest were already in the raw store.\n\n"
-            f"Manifest: `{objects.uri(key)}`\n\nBy label: {result.by_label}"
-        ),
-        key=artifact_key("ingest"),
-    )
+    create_markdown_artifact(markdown=summary, key=artifact_key("ingest"))
     return result

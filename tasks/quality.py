@@ -11,6 +11,8 @@ from cxr_model.config import get_settings
 from cxr_model.quality import QualityError, QualitySettings, validate_manifest
 from tasks.common import artifact_key, say, store
 
+PROGRESS_LISTED = 10  # quarantined files named on the console; the report lists them all
+
 
 class QualityResult(BaseModel):
     """Where the accepted images and the data-quality report are."""
@@ -22,6 +24,7 @@ class QualityResult(BaseModel):
     docs_uri: str
     docs_local: str
     warnings: list[str]
+    summary: str
 
 
 @task(name="check-images")
@@ -37,6 +40,7 @@ def check_images(manifest_key: str, settings: QualitySettings, report_prefix: st
     accepted_key = manifest.write_csv(objects, f"{report_prefix}/accepted.csv", accepted)
     objects.put_bytes(f"{report_prefix}/report.json", report.model_dump_json(indent=2).encode())
     objects.put_bytes(f"{report_prefix}/report.md", report.summary_markdown().encode())
+    manifest.quarantine(objects, images, {r.key: r.reasons for r in report.rejected})
     docs_keys = objects.upload_dir(docs_dir, f"{report_prefix}/data_docs")
     docs_uri = objects.uri(f"{report_prefix}/data_docs/index.html") if docs_keys else ""
 
@@ -48,8 +52,10 @@ def check_images(manifest_key: str, settings: QualitySettings, report_prefix: st
         description=f"Also stored at {docs_uri}",
     )
     say(f"data quality: {len(accepted)} accepted, {len(report.rejected)} quarantined")
-    for rejection in report.rejected:
+    for rejection in report.rejected[:PROGRESS_LISTED]:
         say(f"  quarantined {rejection.original_path}: {'; '.join(rejection.reasons)}")
+    if len(report.rejected) > PROGRESS_LISTED:
+        say(f"  … and {len(report.rejected) - PROGRESS_LISTED} more, listed in the report")
     if not report.passed:
         raise QualityError(report)
     return QualityResult(
@@ -60,4 +66,5 @@ def check_images(manifest_key: str, settings: QualitySettings, report_prefix: st
         docs_uri=docs_uri,
         docs_local=str((docs_dir / "index.html").resolve()),
         warnings=[w.summary for w in report.warnings],
+        summary=report.summary_markdown(),
     )

@@ -1,0 +1,86 @@
+"""Ingest into the content-addressed raw store, describe files, and quarantine rejected ones."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+from PIL import Image
+
+from cxr_model import manifest
+from cxr_model.sources import FolderSource, SourceRecord
+
+
+def png(value: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((70, 80), value, np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def folder(tmp_path):
+    for name, data in {
+        "covid/a.png": png(10),
+        "covid/b.png": png(20),
+        "normal/c.png": png(30),
+        "normal/copy-of-a.png": png(10),
+        "normal/empty.png": b"",
+    }.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(data)
+    return FolderSource(tmp_path)
+
+
+def unreadable() -> SourceRecord:
+    def fail() -> bytes:
+        raise OSError("HTTP 404 Not Found: http://127.0.0.1/x.png")
+
+    return SourceRecord("remote", "x.png", "covid", "p9", fail, {"view": "PA", "license": "CC BY"})
+
+
+def test_ingest_stores_each_content_once_and_reports_every_file(store, tmp_path):
+    source = folder(tmp_path)
+    first = manifest.ingest(store, [*source.records(), unreadable()])
+    assert len(first) == 6
+    assert sum(i.stored_now for i in first) == 4  # a.png and its copy share one object
+    assert first[-1].read_error.startswith("cannot read: HTTP 404") and first[-1].view == "PA"
+    raw = sorted(store.list_keys(manifest.RAW_PREFIX))
+    assert len(raw) == 4  # a, b, c and the empty file; the copy of a adds nothing
+        store.get_bytes(k)
+        for k in raw
+        if not k.endswith("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")
+    )
+
+    second = manifest.ingest(store, source.records())
+    assert sum(i.stored_now for i in second) == 0
+
+    frame = manifest.to_frame(first)
+    summary = manifest.ingest_summary(frame)
+    assert "6 files, 4 new, 1 not fetched" in summary
+    assert "`x.png` (remote): cannot read: HTTP 404" in summary
+
+
+def test_describe_marks_duplicates_and_undecodable_files(store, tmp_path):
+    frame = manifest.to_frame(manifest.ingest(store, [*folder(tmp_path).records(), unreadable()]))
+    described = manifest.describe_images(store, frame).set_index("original_path")
+    assert described.loc["covid/a.png", "decodable"] and described.loc["covid/a.png", "width"] == 80
+    assert described.loc["normal/copy-of-a.png", "duplicate_of"].endswith("covid/a.png")
+    assert not described.loc["normal/empty.png", "decodable"]
+    assert described.loc["x.png", "error"].startswith("cannot read")
+
+
+def test_quarantine_keeps_the_bytes_and_the_reason(store, tmp_path):
+    frame = manifest.to_frame(manifest.ingest(store, [*folder(tmp_path).records(), unreadable()]))
+    rows = frame.set_index("original_path")
+    reasons = {
+        rows.loc["normal/empty.png", "key"]: ["empty file (0 bytes)"],
+        rows.loc["x.png", "key"]: ["not decodable: cannot read: HTTP 404"],
+    }
+    notes = manifest.quarantine(store, frame, reasons)
+    empty_sha = rows.loc["normal/empty.png", "sha256"]
+    assert f"quarantine/{empty_sha}.json" in notes
+    assert store.get_bytes(f"quarantine/{empty_sha}") == b""
+    note = json.loads(store.get_bytes(f"quarantine/{empty_sha}.json"))
+    assert note["reasons"] == ["empty file (0 bytes)"] and note["label"] == "normal"
+    unread = next(n for n in notes if n.startswith("quarantine/unread/"))
+    assert json.loads(store.get_bytes(unread))["original_path"] == "x.png"
