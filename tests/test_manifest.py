@@ -46,10 +46,6 @@ def test_ingest_stores_each_content_once_and_reports_every_file(store, tmp_path)
     assert first[-1].read_error.startswith("cannot read: HTTP 404") and first[-1].view == "PA"
     raw = sorted(store.list_keys(manifest.RAW_PREFIX))
     assert len(raw) == 4  # a, b, c and the empty file; the copy of a adds nothing
-        store.get_bytes(k)
-        for k in raw
-        if not k.endswith("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")
-    )
 
     second = manifest.ingest(store, source.records())
     assert sum(i.stored_now for i in second) == 0
