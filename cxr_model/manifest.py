@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import threading
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -26,6 +27,10 @@ from cxr_model.storage import AlreadyExists, ObjectStore
 
 RAW_PREFIX = "raw/sha256"
 QUARANTINE_PREFIX = "quarantine"
+INDEX_PREFIX = "ingest-index"
+INDEX_SAVE_EVERY = 200
+FACTS_PREFIX = "facts"
+FACTS_VERSION = "v1"  # bump when inspect_image's output changes, so cached facts are redone
 INGEST_COLUMNS = [
     "key",
     "raw_key",
@@ -66,9 +71,8 @@ class IngestedImage:
     stored_now: bool = False
 
 
-def ingest_record(store: ObjectStore, record: SourceRecord) -> IngestedImage:
-    """Store one record's bytes under their sha256 unless already there (never twice)."""
-    meta = dict(
+def _record_fields(record: SourceRecord) -> dict[str, str | None]:
+    return dict(
         label=record.label,
         source=record.source,
         patient_id=record.patient_id,
@@ -76,6 +80,11 @@ def ingest_record(store: ObjectStore, record: SourceRecord) -> IngestedImage:
         view=record.metadata.get("view"),
         license=record.metadata.get("license"),
     )
+
+
+def ingest_record(store: ObjectStore, record: SourceRecord) -> IngestedImage:
+    """Store one record's bytes under their sha256 unless already there (never twice)."""
+    meta = _record_fields(record)
     key = f"{record.source}/{record.original_path}"
     try:
         data = record.read()
@@ -97,10 +106,85 @@ def ingest_record(store: ObjectStore, record: SourceRecord) -> IngestedImage:
     return IngestedImage(key=key, raw_key=content_key, sha256=sha256, stored_now=stored_now, **meta)
 
 
+class IngestIndex:
+    """What earlier runs found at each path of one source: its fingerprint and its sha256.
+
+    A record whose source gives a cheap fingerprint (size and mtime of a local file, a zip
+    member's CRC, an S3 ETag) that matches the index, and whose bytes are still in the raw store,
+    is not read again: re-running unchanged sources fetches nothing. The index is saved every few
+    hundred files, so an interrupted run resumes where it stopped.
+    """
+
+    def __init__(self, store: ObjectStore, source: str):
+        self.store = store
+        self.key = f"{INDEX_PREFIX}/{hashlib.sha256(source.encode()).hexdigest()[:24]}.json"
+        found = store.get_with_etag(self.key)
+        self.entries: dict[str, dict[str, str]] = json.loads(found[0])["entries"] if found else {}
+        self.source = source
+        self.changed = 0
+
+    def known(self, record: SourceRecord) -> str | None:
+        """The sha256 of an unchanged record whose bytes are still stored, else None."""
+        entry = self.entries.get(record.original_path)
+        if not record.fingerprint or not entry or entry["fingerprint"] != record.fingerprint:
+            return None
+        return entry["sha256"] if self.store.exists(raw_key(entry["sha256"])) else None
+
+    def remember(self, record: SourceRecord, sha256: str) -> None:
+        if record.fingerprint:
+            self.entries[record.original_path] = {
+                "fingerprint": record.fingerprint,
+                "sha256": sha256,
+            }
+            self.changed += 1
+
+    def save(self) -> None:
+        if self.changed:
+            body = {"source": self.source, "entries": self.entries}
+            self.store.put_bytes(
+                self.key, json.dumps(body).encode(), content_type="application/json"
+            )
+            self.changed = 0
+
+
 def ingest(store: ObjectStore, records: Iterable[SourceRecord]) -> list[IngestedImage]:
-    """Ingest records with bounded parallelism; the result keeps the records' order."""
+    """Ingest records with bounded parallelism, skipping unchanged ones; keeps the input order."""
+    indexes: dict[str, IngestIndex] = {}
+    lock = threading.Lock()
+
+    def index_for(source: str) -> IngestIndex:
+        with lock:
+            if source not in indexes:
+                indexes[source] = IngestIndex(store, source)
+            return indexes[source]
+
+    def one(record: SourceRecord) -> IngestedImage:
+        index = index_for(record.source)
+        sha256 = index.known(record)
+        if sha256:
+            return _known_image(record, sha256)
+        image = ingest_record(store, record)
+        if not image.read_error:
+            with lock:
+                index.remember(record, image.sha256)
+                if index.changed >= INDEX_SAVE_EVERY:
+                    index.save()
+        return image
+
     with ThreadPoolExecutor(max_workers=PARALLEL_IO) as pool:
-        return list(pool.map(lambda record: ingest_record(store, record), records))
+        images = list(pool.map(one, records))
+    for index in indexes.values():
+        index.save()
+    return images
+
+
+def _known_image(record: SourceRecord, sha256: str) -> IngestedImage:
+    return IngestedImage(
+        key=f"{record.source}/{record.original_path}",
+        raw_key=raw_key(sha256),
+        sha256=sha256,
+        **_record_fields(record),
+    )
 
 
 def to_frame(images: Iterable[IngestedImage]) -> pd.DataFrame:
@@ -185,6 +269,17 @@ def read_csv(store: ObjectStore, key: str) -> pd.DataFrame:
     return frame.replace({"": None})
 
 
+def image_facts(store: ObjectStore, sha256: str) -> dict:
+    """Pillow's facts about the stored bytes ``sha256``, computed once per content and cached."""
+    cache_key = f"{FACTS_PREFIX}/{FACTS_VERSION}/{sha256[:2]}/{sha256}.json"
+    cached = store.get_with_etag(cache_key)
+    if cached:
+        return json.loads(cached[0])
+    facts = asdict(inspect_image(store.get_bytes(raw_key(sha256))))
+    store.put_bytes(cache_key, json.dumps(facts).encode(), content_type="application/json")
+    return facts
+
+
 def describe_images(store: ObjectStore, ingested: pd.DataFrame) -> pd.DataFrame:
     """The image manifest: ingest rows plus Pillow's facts, with repeated content marked."""
 
@@ -199,7 +294,7 @@ def describe_images(store: ObjectStore, ingested: pd.DataFrame) -> pd.DataFrame:
                 decodable=False,
                 error=row["read_error"],
             )
-        return asdict(inspect_image(store.get_bytes(row["raw_key"])))
+        return image_facts(store, row["sha256"])
 
     with ThreadPoolExecutor(max_workers=PARALLEL_IO) as pool:
         described = list(pool.map(facts, (row for _, row in ingested.iterrows())))

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from cxr_model import manifest
@@ -80,3 +82,54 @@ def test_quarantine_keeps_the_bytes_and_the_reason(store, tmp_path):
     assert note["reasons"] == ["empty file (0 bytes)"] and note["label"] == "normal"
     unread = next(n for n in notes if n.startswith("quarantine/unread/"))
     assert json.loads(store.get_bytes(unread))["original_path"] == "x.png"
+
+
+def counting(records, reads: list[str]):
+    """The same records, noting each read."""
+    for record in records:
+
+        def read(record=record) -> bytes:
+            reads.append(record.original_path)
+            return record.read()
+
+        yield dataclasses.replace(record, read=read)
+
+
+def test_rerun_of_unchanged_files_reads_nothing_and_changed_files_are_reread(store, tmp_path):
+    source = folder(tmp_path)
+    first_reads: list[str] = []
+    manifest.ingest(store, counting(source.records(), first_reads))
+    assert len(first_reads) == 5
+
+    again: list[str] = []
+    images = manifest.ingest(store, counting(source.records(), again))
+    assert again == []  # nothing fetched
+    assert [i.sha256 for i in images] == [
+        i.sha256 for i in manifest.ingest(store, source.records())
+    ]
+
+    (tmp_path / "covid/b.png").write_bytes(png(99))  # new size and mtime
+    changed: list[str] = []
+    images = manifest.ingest(store, counting(source.records(), changed))
+    assert changed == ["covid/b.png"]
+    assert sum(i.stored_now for i in images) == 1
+
+
+def test_an_interrupted_run_resumes_where_it_stopped(store, tmp_path, monkeypatch):
+    monkeypatch.setattr(manifest, "INDEX_SAVE_EVERY", 1)
+    monkeypatch.setattr(manifest, "PARALLEL_IO", 1)
+    source = folder(tmp_path)
+
+    def interrupted():
+        for n, record in enumerate(source.records()):
+            if n == 3:
+                raise KeyboardInterrupt
+            yield record
+
+    with pytest.raises(KeyboardInterrupt):
+        manifest.ingest(store, interrupted())
+    resumed: list[str] = []
+    manifest.ingest(store, counting(source.records(), resumed))
+    assert (
+        resumed == sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.png"))[3:]
+    )
