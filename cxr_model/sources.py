@@ -51,6 +51,7 @@ import urllib.request
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from http.client import HTTPException
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -72,7 +73,7 @@ HTTP_ATTEMPTS = 3
 """Tries per HTTP request; only 5xx, connection errors and timeouts are tried again."""
 HTTP_BACKOFF_S = 1.0
 """Delay before the first retry; doubled before each further one."""
-USER_AGENT = "cxr/0.1 (+https://github.com/ieee8023/covid-chestxray-dataset)"
+USER_AGENT = "cxr/0.1 (python-urllib)"
 
 IEEE8023_BASE_URL = "https://raw.githubusercontent.com/ieee8023/covid-chestxray-dataset/master"
 KAGGLE_API_URL = "https://www.kaggle.com/api/v1"
@@ -121,6 +122,10 @@ class SourceRecord:
     patient_id: str | None
     read: Callable[[], bytes] = field(repr=False, compare=False)
     metadata: Mapping[str, str] = field(default_factory=dict)  # view, license, url, ...
+    # Cheap change marker known without reading the bytes (size+mtime of a local file, a zip
+    # member's CRC and size, an S3 ETag); None when the source has none (HTTP). Ingest skips a
+    # record whose fingerprint is unchanged since the last run.
+    fingerprint: str | None = field(default=None, compare=False)
 
 
 # --- reading with a size cap -------------------------------------------------------------------
@@ -164,6 +169,15 @@ def _file_reader(path: Path) -> Callable[[], bytes]:
     return lambda: read_file_capped(path)
 
 
+def file_fingerprint(path: Path) -> str | None:
+    """``<size>-<mtime_ns>`` of a local file (not following symlinks), None if it is not there."""
+    try:
+        info = path.lstat()
+    except OSError:
+        return None
+    return f"{info.st_size}-{info.st_mtime_ns}" if stat.S_ISREG(info.st_mode) else None
+
+
 def _failing_reader(error: OSError) -> Callable[[], bytes]:
     def read() -> bytes:
         raise error
@@ -179,11 +193,20 @@ class _SafeRedirects(urllib.request.HTTPRedirectHandler):
 
     def redirect_request(self, req, fp, code, msg, headers, newurl):
         if urlsplit(newurl).scheme not in ("http", "https"):
+            fp.close()
             raise FetchError(req.full_url, f"redirect to a non-HTTP address refused ({newurl})")
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
 _OPENER = urllib.request.build_opener(_SafeRedirects())
+
+
+def _status_phrase(code: int, reason: object) -> str:
+    """The standard phrase for a status ("Not Found"), whatever the server wrote."""
+    try:
+        return HTTPStatus(code).phrase
+    except ValueError:
+        return str(reason or "error")
 
 
 def _http_request(
@@ -218,17 +241,15 @@ def _http_request(
             except urllib.error.HTTPError as exc:
                 exc.close()
                 raise FetchError(
-                    url, exc.reason or "error", exc.code, retryable=exc.code >= 500
+                    url, _status_phrase(exc.code, exc.reason), exc.code, retryable=exc.code >= 500
                 ) from exc
             except urllib.error.URLError as exc:
                 reason = exc.reason
-                raise FetchError(
-                    url, f"cannot connect ({reason})", retryable=True
-                ) from exc
+                raise FetchError(url, f"cannot connect ({reason})", retryable=True) from exc
             except FetchError:
                 raise
             except (TimeoutError, ConnectionError, HTTPException, OSError) as exc:
-                what = "timed out" if isinstance(exc, TimeoutError) else f"connection failed ({exc})"
+                what = "timed out" if isinstance(exc, TimeoutError) else f"transfer failed ({exc})"
                 raise FetchError(url, what, retryable=True) from exc
         except FetchError as exc:
             if not exc.retryable or attempt == attempts:
@@ -339,6 +360,17 @@ def _s3_reader(store: ObjectStore, key: str) -> Callable[[], bytes]:
     return read
 
 
+def _list_etags(store: ObjectStore, prefix: str) -> dict[str, str]:
+    """Every key under ``prefix`` with ``<ETag>-<size>`` as its fingerprint."""
+    found: dict[str, str] = {}
+    paginator = store.client.get_paginator("list_objects_v2")
+    for page in paginator.paginate(Bucket=store.bucket, Prefix=prefix):
+        for item in page.get("Contents", []):
+            etag = str(item.get("ETag", "")).strip('"')
+            found[item["Key"]] = f"{etag}-{item.get('Size', '')}"
+    return found
+
+
 def _split_s3_uri(uri: str) -> tuple[str, str]:
     from cxr_model.storage import parse_s3_uri
 
@@ -406,6 +438,7 @@ class FolderSource:
                     label=class_dir.name.lower(),
                     patient_id=patients.get(relative),
                     read=_file_reader(path),
+                    fingerprint=file_fingerprint(path),
                 )
 
 
@@ -428,17 +461,19 @@ class S3Source:
         prefix = prefix.strip("/")
         prefix = f"{prefix}/" if prefix else ""
         try:
-            keys = sorted(store.list_keys(prefix))
+            etags = _list_etags(store, prefix)
             manifest = store.get_with_etag(f"{prefix}manifest.csv")
         except (ClientError, BotoCoreError) as exc:
             raise SourceError(f"cannot list {self.name}: {exc}") from exc
         patients = _patient_map(io.StringIO(manifest[0].decode("utf-8-sig"))) if manifest else {}
         files = [
             (key, key[len(prefix) :].split("/"))
-            for key in keys
+            for key in sorted(etags)
             if not key.endswith("/") and key.rsplit("/", 1)[-1].lower() not in IGNORED_FILES
         ]
-        has_splits = any(len(parts) >= 3 and parts[0].lower() in SPLIT_FOLDERS for _, parts in files)
+        has_splits = any(
+            len(parts) >= 3 and parts[0].lower() in SPLIT_FOLDERS for _, parts in files
+        )
         if has_splits:
             chosen = [
                 (key, parts, parts[1])
@@ -461,6 +496,7 @@ class S3Source:
                 patient_id=patients.get(relative),
                 read=_s3_reader(store, key),
                 metadata={"url": store.uri(key)},
+                fingerprint=etags[key],
             )
 
 
@@ -480,10 +516,13 @@ class ManifestSource:
     def name(self) -> str:
         return f"manifest:{self.csv_path}"
 
-    def _reader(self, location: str, base: Path) -> tuple[Callable[[], bytes], dict[str, str]]:
+    def _reader(
+        self, location: str, base: Path
+    ) -> tuple[Callable[[], bytes], dict[str, str], str | None]:
+        """The record's reader, extra metadata and fingerprint (local files only)."""
         scheme = urlsplit(location).scheme.lower()
         if scheme in ("http", "https"):
-            return _url_reader(location), {"url": location}
+            return _url_reader(location), {"url": location}, None
         if scheme == "s3":
             if self.store is None:
                 raise SourceError(
@@ -491,9 +530,10 @@ class ManifestSource:
                 )
             bucket, key = _split_s3_uri(location)
             store = self.store if bucket == self.store.bucket else self.store.in_bucket(bucket)
-            return _s3_reader(store, key), {"url": location}
+            return _s3_reader(store, key), {"url": location}, None
         path = Path(location)
-        return _file_reader(path if path.is_absolute() else base / path), {}
+        path = path if path.is_absolute() else base / path
+        return _file_reader(path), {}, file_fingerprint(path)
 
     def records(self) -> Iterator[SourceRecord]:
         if not self.csv_path.is_file():
@@ -512,7 +552,7 @@ class ManifestSource:
             location = (row.get("uri") or "").strip() or (row.get("file") or "").strip()
             if not location:
                 continue  # a blank line's worth of nothing: no file named
-            read, extra = self._reader(location, base)
+            read, extra, fingerprint = self._reader(location, base)
             metadata = {
                 k: v.strip()
                 for k, v in row.items()
@@ -525,6 +565,7 @@ class ManifestSource:
                 patient_id=(row.get("patient_id") or "").strip() or None,
                 read=read,
                 metadata={**metadata, **extra},
+                fingerprint=fingerprint,
             )
 
 
@@ -595,8 +636,10 @@ class Ieee8023Source:
         try:
             data = fetch_bytes(url)
         except FetchError as exc:
-            raise SourceError(f"cannot read ieee8023 metadata {url}: {exc.reason}"
-                              + (f" (HTTP {exc.status})" if exc.status else "")) from exc
+            raise SourceError(
+                f"cannot read ieee8023 metadata {url}: {exc.reason}"
+                + (f" (HTTP {exc.status})" if exc.status else "")
+            ) from exc
         reader = csv.DictReader(io.StringIO(data.decode("utf-8-sig", errors="replace")))
         required = {"patientid", "finding", "view", "modality", "folder", "filename"}
         missing = required - set(reader.fieldnames or [])
@@ -825,13 +868,17 @@ class KaggleSource:
                 if exc.status in (401, 403)
                 else ""
             )
-            raise SourceError(f"cannot download Kaggle dataset {self.dataset}: {exc}{hint}") from exc
+            raise SourceError(
+                f"cannot download Kaggle dataset {self.dataset}: {exc}{hint}"
+            ) from exc
         if not zipfile.is_zipfile(target):
             target.unlink(missing_ok=True)
             raise SourceError(f"the Kaggle download from {url} is not a zip archive")
         return target
 
-    def _record(self, file: _KaggleFile, read: Callable[[], bytes]) -> SourceRecord:
+    def _record(
+        self, file: _KaggleFile, read: Callable[[], bytes], fingerprint: str | None
+    ) -> SourceRecord:
         return SourceRecord(
             source=self.name,
             original_path=file.relative,
@@ -839,6 +886,7 @@ class KaggleSource:
             patient_id=kaggle_patient_id(file.relative),
             read=read,
             metadata={"split": file.split, "license": KAGGLE_LICENSE},
+            fingerprint=fingerprint,
         )
 
     def _wanted(self, file: _KaggleFile) -> bool:
@@ -867,7 +915,7 @@ class KaggleSource:
                 read = _failing_reader(FetchError(str(path), "symbolic link not followed"))
             else:
                 read = _file_reader(path)
-            yield self._record(file, read)
+            yield self._record(file, read, file_fingerprint(path))
 
     def _zip_records(self, path: Path) -> Iterator[SourceRecord]:
         archive = _ZipArchive(path)
@@ -892,7 +940,9 @@ class KaggleSource:
             )
         for file in layout:
             if self._wanted(file):
-                yield self._record(file, archive.reader(safe[file.name]))
+                info = safe[file.name]
+                fingerprint = f"crc{info.CRC:08x}-{info.file_size}"
+                yield self._record(file, archive.reader(info), fingerprint)
 
     def records(self) -> Iterator[SourceRecord]:
         location = self.location if self.location is not None else self.download()

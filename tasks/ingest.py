@@ -7,6 +7,7 @@ from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel
 
 from cxr_model import manifest
+from cxr_model.config import get_settings
 from cxr_model.sources import parse_source
 from tasks.common import TRANSIENT_RETRIES, artifact_key, say, store
 
@@ -28,7 +29,7 @@ def get_images(sources: list[str]) -> IngestResult:
     objects = store()
     images = []
     for spec in sources:
-        source = parse_source(spec)
+        source = parse_source(spec, store=objects, cache_dir=get_settings().cache_dir)
         found = manifest.ingest(objects, source.records())
         failed = sum(bool(i.read_error) for i in found)
         say(

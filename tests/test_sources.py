@@ -6,7 +6,20 @@ from pathlib import Path
 
 import pytest
 
-from cxr_model.sources import FolderSource, ManifestSource, SourceError, parse_source
+from cxr_model import sources
+from cxr_model.sources import (
+    IEEE8023_BASE_URL,
+    FetchError,
+    FolderSource,
+    Ieee8023Filters,
+    Ieee8023Source,
+    KaggleSource,
+    ManifestSource,
+    SourceError,
+    ieee8023_label,
+    kaggle_patient_id,
+    parse_source,
+)
 
 
 def touch(path: Path, data: bytes = b"x") -> None:
@@ -25,6 +38,16 @@ def test_study_layout_reads_train_and_val_class_folders(tmp_path):
         ("Val/normal/d.jpg", "normal"),
     ]
     assert records[0].read() == b"x"
+
+
+def test_local_files_carry_a_size_and_mtime_fingerprint(tmp_path):
+    touch(tmp_path / "covid/a.png", b"one")
+    touch(tmp_path / "covid/b.png", b"two")
+    before = {r.original_path: r.fingerprint for r in FolderSource(tmp_path).records()}
+    touch(tmp_path / "covid/b.png", b"three")
+    after = {r.original_path: r.fingerprint for r in FolderSource(tmp_path).records()}
+    assert before["covid/a.png"] == after["covid/a.png"] is not None
+    assert before["covid/b.png"] != after["covid/b.png"]
 
 
 def test_flat_layout_with_patient_ids_from_manifest(tmp_path):
@@ -60,8 +83,102 @@ def test_manifest_source_reads_the_real_manifest(real_data):
     first = records[0]
     assert first.label == "covid" and first.patient_id == "b0f73b8c"
     assert first.read()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The manifest's own source column names each record's source; view/license are metadata.
+    assert first.source == "hannover"
+    assert first.metadata["view"] == "pa" and first.metadata["license"] == "CC BY 3.0"
+    assert first.metadata["source_repo"] == "ml-workgroup/covid-19-image-repository"
+    assert {r.source for r in records} == {
+        "hannover",
+        "nih-cxr8",
+        "actualmed",
+        "ieee8023",
+        "kaggle-pediatric",
+    }
 
 
 def test_unknown_source_kind_is_rejected():
-    with pytest.raises(SourceError, match="unknown source kind 'kaggle'"):
-        parse_source("kaggle:chest-xray")
+    with pytest.raises(SourceError, match="unknown source kind 'dicom'"):
+        parse_source("dicom:chest-xray")
+
+
+def test_specs_for_remote_sources():
+    default = parse_source("ieee8023:")
+    assert isinstance(default, Ieee8023Source)
+    assert default.base_url == IEEE8023_BASE_URL and default.filters == Ieee8023Filters()
+    assert default.name == f"ieee8023:{IEEE8023_BASE_URL}"
+    mirror = parse_source("ieee8023:http://127.0.0.1:9/mirror/?views=PA,AP")
+    assert mirror.base_url == "http://127.0.0.1:9/mirror"
+    assert mirror.filters.views == ("PA", "AP") and mirror.filters.findings == ("COVID-19",)
+    with pytest.raises(SourceError, match=r"unknown option\(s\) \['colour'\]"):
+        parse_source("ieee8023:?colour=red")
+    with pytest.raises(SourceError, match="not an http"):
+        parse_source("ieee8023:/some/folder")
+
+    kaggle = parse_source("kaggle:/data/chest_xray.zip")
+    assert kaggle == KaggleSource(location=Path("/data/chest_xray.zip"))
+    assert not kaggle.include_pneumonia
+    assert parse_source("kaggle:/data/x?pneumonia=include").include_pneumonia
+    assert parse_source("kaggle:").location is None
+    with pytest.raises(SourceError, match="include or exclude"):
+        parse_source("kaggle:/data/x?pneumonia=maybe")
+
+    with pytest.raises(SourceError, match="needs an object store"):
+        parse_source("s3://bucket/inbox")
+
+
+def test_kaggle_patient_ids_follow_the_file_name_patterns():
+    assert kaggle_patient_id("person1_bacteria_1.jpeg") == "person1"
+    assert kaggle_patient_id("train/PNEUMONIA/person1000_virus_1681.jpeg") == "person1000"
+    assert kaggle_patient_id("IM-0115-0001.jpeg") == "IM-0115"
+    assert kaggle_patient_id("IM-0505-0001-0002.jpeg") == "IM-0505"
+    assert kaggle_patient_id("NORMAL2-IM-1427-0001.jpeg") == "NORMAL2-IM-1427"
+    assert kaggle_patient_id("scan.jpeg") is None
+    assert kaggle_patient_id("IM-0115.jpeg") is None
+
+
+def test_ieee8023_filters_handle_old_and_new_finding_names():
+    row = dict(finding="COVID-19", modality="X-ray", view="PA")
+    filters = Ieee8023Filters()
+    assert filters.selects(row)
+    assert filters.selects({**row, "finding": "COVID-19, ARDS"})
+    assert filters.selects({**row, "finding": "Pneumonia/Viral/COVID-19"})
+    assert filters.selects({**row, "view": "AP Supine"})
+    assert not filters.selects({**row, "finding": "Pneumonia/Viral/SARS"})
+    assert not filters.selects({**row, "view": "L"})
+    assert not filters.selects({**row, "modality": "CT", "view": "Axial"})
+    assert ieee8023_label("Pneumonia/Viral/COVID-19") == "covid"
+    assert ieee8023_label("No Finding") == "normal"
+    assert ieee8023_label("Pneumonia/Viral/SARS") == "sars"
+
+
+def test_fetch_error_is_an_os_error_with_status_and_url():
+    error = FetchError("http://x/a.png", "Not Found", 404)
+    assert isinstance(error, OSError)
+    assert str(error) == "HTTP 404 Not Found: http://x/a.png"
+    assert (error.url, error.status) == ("http://x/a.png", 404)
+    assert str(FetchError("/a.png", "file too large (9 bytes > cap 8)")) == (
+        "file too large (9 bytes > cap 8): /a.png"
+    )
+
+
+def test_size_cap_applies_to_folder_files(tmp_path, monkeypatch):
+    touch(tmp_path / "covid/big.png", b"x" * 100)
+    touch(tmp_path / "covid/small.png", b"x" * 10)
+    monkeypatch.setattr(sources, "MAX_FILE_BYTES", 50)
+    records = {r.original_path: r for r in FolderSource(tmp_path).records()}
+    assert records["covid/small.png"].read() == b"x" * 10
+    with pytest.raises(FetchError, match=r"file too large \(100 bytes > cap 50\)"):
+        records["covid/big.png"].read()
+
+
+def test_manifest_with_uri_column_and_s3_rows_needs_a_store(tmp_path):
+    touch(tmp_path / "a.png", b"A")
+    (tmp_path / "m.csv").write_text("uri,label,view\na.png,COVID,PA\ns3://bucket/b.png,normal,AP\n")
+    with pytest.raises(SourceError, match="no object store was given"):
+        list(parse_source(f"manifest:{tmp_path / 'm.csv'}").records())
+    (tmp_path / "m.csv").write_text("uri,label,view\na.png,COVID,PA\n")
+    [record] = parse_source(f"manifest:{tmp_path / 'm.csv'}").records()
+    assert (record.label, record.read(), dict(record.metadata)) == ("covid", b"A", {"view": "PA"})
+    (tmp_path / "bad.csv").write_text("path,label\na.png,covid\n")
+    with pytest.raises(SourceError, match=r"lacks column\(s\) \['file \(or uri\)'\]"):
+        list(parse_source(f"manifest:{tmp_path / 'bad.csv'}").records())
