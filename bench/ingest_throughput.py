@@ -3,8 +3,8 @@
 Starts a SeaweedFS server in a temporary folder (as the tests do), then:
 
 1. ceiling: a single-thread full Pillow decode of every file, times the number of cores;
-2. first run: ingest (read, hash, store content-addressed) + inspect (fetch, full decode) of all
-   files through ``manifest.ingest`` and ``manifest.describe_images``;
+2. first run: ingest of all files through ``manifest.ingest``: read, hash, full decode (inspect)
+   and store content-addressed, then ``manifest.describe_images``;
 3. second run of the unchanged source: what the ingest index lets it skip;
 4. peak RSS after each, to see whether memory grows with the number of images.
 
@@ -46,7 +46,7 @@ def decode_ceiling(files: list[Path]) -> float:
 def timed_ingest(store: ObjectStore, source: ManifestSource) -> tuple[float, int, int]:
     started = time.perf_counter()
     frame = manifest.to_frame(manifest.ingest(store, source.records()))
-    manifest.describe_images(store, frame)
+    manifest.describe_images(frame)
     return time.perf_counter() - started, len(frame), int(frame["stored_now"].sum())
 
 

@@ -17,7 +17,7 @@ import json
 import threading
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import pandas as pd
 
@@ -29,8 +29,6 @@ RAW_PREFIX = "raw/sha256"
 QUARANTINE_PREFIX = "quarantine"
 INDEX_PREFIX = "ingest-index"
 INDEX_SAVE_EVERY = 200
-FACTS_PREFIX = "facts"
-FACTS_VERSION = "v1"  # bump when inspect_image's output changes, so cached facts are redone
 INGEST_COLUMNS = [
     "key",
     "raw_key",
@@ -44,7 +42,17 @@ INGEST_COLUMNS = [
     "read_error",
 ]
 # What Pillow and the duplicate check add to each ingest row (the data-quality suites read these).
-FACT_COLUMNS = ["format", "mode", "width", "height", "bytes", "decodable", "error", "duplicate_of"]
+FACT_COLUMNS = [
+    "format",
+    "mode",
+    "width",
+    "height",
+    "bytes",
+    "decodable",
+    "error",
+    "dhash",
+    "duplicate_of",
+]
 IMAGE_COLUMNS = INGEST_COLUMNS + FACT_COLUMNS
 PARALLEL_IO = 8
 
@@ -69,6 +77,7 @@ class IngestedImage:
     license: str | None = None
     read_error: str | None = None
     stored_now: bool = False
+    facts: dict = field(default_factory=dict)  # what inspect_image found in the bytes
 
 
 def _record_fields(record: SourceRecord) -> dict[str, str | None]:
@@ -89,10 +98,12 @@ def ingest_record(store: ObjectStore, record: SourceRecord) -> IngestedImage:
     try:
         data = record.read()
     except OSError as exc:
+        error = f"cannot read: {exc}"
         return IngestedImage(
-            key=key, raw_key="", sha256="", read_error=f"cannot read: {exc}", **meta
+            key=key, raw_key="", sha256="", read_error=error, facts=unread_facts(error), **meta
         )
     sha256 = hashlib.sha256(data).hexdigest()
+    facts = asdict(inspect_image(data))
     content_key = raw_key(sha256)
     stored_now = False
     if not store.exists(content_key):
@@ -103,38 +114,42 @@ def ingest_record(store: ObjectStore, record: SourceRecord) -> IngestedImage:
             stored_now = True
         except AlreadyExists:
             pass  # another run stored the same bytes meanwhile
-    return IngestedImage(key=key, raw_key=content_key, sha256=sha256, stored_now=stored_now, **meta)
+    return IngestedImage(
+        key=key, raw_key=content_key, sha256=sha256, stored_now=stored_now, facts=facts, **meta
+    )
 
 
 class IngestIndex:
-    """What earlier runs found at each path of one source: its fingerprint and its sha256.
+    """What earlier runs found at each path of one source: fingerprint, sha256 and facts.
 
     A record whose source gives a cheap fingerprint (size and mtime of a local file, a zip
     member's CRC, an S3 ETag) that matches the index, and whose bytes are still in the raw store,
-    is not read again: re-running unchanged sources fetches nothing. The index is saved every few
-    hundred files, so an interrupted run resumes where it stopped.
+    is neither read nor decoded again: re-running unchanged sources fetches nothing. The index is
+    saved every few hundred files, so an interrupted run resumes where it stopped.
     """
 
-    def __init__(self, store: ObjectStore, source: str):
+    def __init__(self, store: ObjectStore, source: str, stored: set[str]):
         self.store = store
+        self.stored = stored
         self.key = f"{INDEX_PREFIX}/{hashlib.sha256(source.encode()).hexdigest()[:24]}.json"
         found = store.get_with_etag(self.key)
-        self.entries: dict[str, dict[str, str]] = json.loads(found[0])["entries"] if found else {}
+        self.entries: dict[str, dict] = json.loads(found[0])["entries"] if found else {}
         self.source = source
         self.changed = 0
 
-    def known(self, record: SourceRecord) -> str | None:
-        """The sha256 of an unchanged record whose bytes are still stored, else None."""
+    def known(self, record: SourceRecord) -> dict | None:
+        """The index entry of an unchanged record whose bytes are still stored, else None."""
         entry = self.entries.get(record.original_path)
         if not record.fingerprint or not entry or entry["fingerprint"] != record.fingerprint:
             return None
-        return entry["sha256"] if self.store.exists(raw_key(entry["sha256"])) else None
+        return entry if raw_key(entry["sha256"]) in self.stored else None
 
-    def remember(self, record: SourceRecord, sha256: str) -> None:
+    def remember(self, record: SourceRecord, image: IngestedImage) -> None:
         if record.fingerprint:
             self.entries[record.original_path] = {
                 "fingerprint": record.fingerprint,
-                "sha256": sha256,
+                "sha256": image.sha256,
+                "facts": image.facts,
             }
             self.changed += 1
 
@@ -151,22 +166,31 @@ def ingest(store: ObjectStore, records: Iterable[SourceRecord]) -> list[Ingested
     """Ingest records with bounded parallelism, skipping unchanged ones; keeps the input order."""
     indexes: dict[str, IngestIndex] = {}
     lock = threading.Lock()
+    stored: set[str] = set()
 
     def index_for(source: str) -> IngestIndex:
         with lock:
+            if not indexes:  # one listing answers "still stored?" for every known file
+                stored.update(store.list_keys(RAW_PREFIX + "/"))
             if source not in indexes:
-                indexes[source] = IngestIndex(store, source)
+                indexes[source] = IngestIndex(store, source, stored)
             return indexes[source]
 
     def one(record: SourceRecord) -> IngestedImage:
         index = index_for(record.source)
-        sha256 = index.known(record)
-        if sha256:
-            return _known_image(record, sha256)
+        entry = index.known(record)
+        if entry:
+            return IngestedImage(
+                key=f"{record.source}/{record.original_path}",
+                raw_key=raw_key(entry["sha256"]),
+                sha256=entry["sha256"],
+                facts=entry["facts"],
+                **_record_fields(record),
+            )
         image = ingest_record(store, record)
         if not image.read_error:
             with lock:
-                index.remember(record, image.sha256)
+                index.remember(record, image)
                 if index.changed >= INDEX_SAVE_EVERY:
                     index.save()
         return image
@@ -178,18 +202,25 @@ def ingest(store: ObjectStore, records: Iterable[SourceRecord]) -> list[Ingested
     return images
 
 
-def _known_image(record: SourceRecord, sha256: str) -> IngestedImage:
-    return IngestedImage(
-        key=f"{record.source}/{record.original_path}",
-        raw_key=raw_key(sha256),
-        sha256=sha256,
-        **_record_fields(record),
+def unread_facts(error: str) -> dict:
+    """Facts of a file whose bytes could not be fetched: not decodable, for that reason."""
+    return dict(
+        format=None,
+        mode=None,
+        width=None,
+        height=None,
+        bytes=0,
+        decodable=False,
+        error=error,
+        dhash=None,
     )
 
 
 def to_frame(images: Iterable[IngestedImage]) -> pd.DataFrame:
-    """The ingest manifest, plus ``stored_now`` (whether this run stored the bytes)."""
-    return pd.DataFrame([asdict(i) for i in images], columns=INGEST_COLUMNS + ["stored_now"])
+    """The ingest manifest with each file's facts, plus ``stored_now`` (stored by this run)."""
+    rows = [{**asdict(i), **i.facts} for i in images]
+    columns = [c for c in IMAGE_COLUMNS if c != "duplicate_of"] + ["stored_now"]
+    return pd.DataFrame(rows, columns=columns)
 
 
 def ingest_summary(frame: pd.DataFrame, limit: int = 50) -> str:
@@ -269,41 +300,15 @@ def read_csv(store: ObjectStore, key: str) -> pd.DataFrame:
     return frame.replace({"": None})
 
 
-def image_facts(store: ObjectStore, sha256: str) -> dict:
-    """Pillow's facts about the stored bytes ``sha256``, computed once per content and cached."""
-    cache_key = f"{FACTS_PREFIX}/{FACTS_VERSION}/{sha256[:2]}/{sha256}.json"
-    cached = store.get_with_etag(cache_key)
-    if cached:
-        return json.loads(cached[0])
-    facts = asdict(inspect_image(store.get_bytes(raw_key(sha256))))
-    store.put_bytes(cache_key, json.dumps(facts).encode(), content_type="application/json")
-    return facts
-
-
-def describe_images(store: ObjectStore, ingested: pd.DataFrame) -> pd.DataFrame:
-    """The image manifest: ingest rows plus Pillow's facts, with repeated content marked."""
-
-    def facts(row: pd.Series) -> dict:
-        if pd.notna(row["read_error"]) and row["read_error"]:
-            return dict(
-                format=None,
-                mode=None,
-                width=None,
-                height=None,
-                bytes=0,
-                decodable=False,
-                error=row["read_error"],
-            )
-        return image_facts(store, row["sha256"])
-
-    with ThreadPoolExecutor(max_workers=PARALLEL_IO) as pool:
-        described = list(pool.map(facts, (row for _, row in ingested.iterrows())))
-    frame = pd.concat([ingested.reset_index(drop=True), pd.DataFrame(described)], axis=1)
+def describe_images(ingested: pd.DataFrame) -> pd.DataFrame:
+    """The image manifest: ingest rows with typed facts, and repeated content marked."""
+    frame = ingested.reset_index(drop=True).copy()
     first_key = frame.groupby("sha256")["key"].transform("first")
-    repeated = frame["sha256"].astype(bool) & frame["sha256"].duplicated(keep="first")
+    has_content = frame["sha256"].notna() & (frame["sha256"] != "")
+    repeated = has_content & frame["sha256"].duplicated(keep="first")
     frame["duplicate_of"] = None
     frame.loc[repeated, "duplicate_of"] = first_key[repeated]
     for column in ("width", "height", "bytes"):
         frame[column] = pd.to_numeric(frame[column]).astype("Int64")
-    frame["decodable"] = frame["decodable"].astype(bool)
+    frame["decodable"] = frame["decodable"].map(lambda v: str(v) == "True").astype(bool)
     return frame[IMAGE_COLUMNS]

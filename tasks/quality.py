@@ -31,7 +31,7 @@ class QualityResult(BaseModel):
 def check_images(manifest_key: str, settings: QualitySettings, report_prefix: str) -> QualityResult:
     """Validate the ingested images; fail on a critical expectation, quarantine failing files."""
     objects = store()
-    images = manifest.describe_images(objects, manifest.read_csv(objects, manifest_key))
+    images = manifest.describe_images(manifest.read_csv(objects, manifest_key))
     docs_dir = get_settings().state_dir / "reports" / report_prefix / "data_docs"
     report = validate_manifest(images, settings, docs_dir)
 

@@ -60,7 +60,7 @@ def test_ingest_stores_each_content_once_and_reports_every_file(store, tmp_path)
 
 def test_describe_marks_duplicates_and_undecodable_files(store, tmp_path):
     frame = manifest.to_frame(manifest.ingest(store, [*folder(tmp_path).records(), unreadable()]))
-    described = manifest.describe_images(store, frame).set_index("original_path")
+    described = manifest.describe_images(frame).set_index("original_path")
     assert described.loc["covid/a.png", "decodable"] and described.loc["covid/a.png", "width"] == 80
     assert described.loc["normal/copy-of-a.png", "duplicate_of"].endswith("covid/a.png")
     assert not described.loc["normal/empty.png", "decodable"]
