@@ -15,13 +15,13 @@ import zipfile
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from functools import partial
-from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from local_servers import QuietFiles, serve
 
 from cxr_model import manifest, sources
 from cxr_model.sources import (
@@ -33,32 +33,6 @@ from cxr_model.sources import (
 )
 
 FRONTAL = ["PA", "AP", "AP Supine", "AP Erect"]
-
-
-class _QuietServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def handle_error(self, request, client_address) -> None:
-        pass  # a client that hangs up early (size cap) is not news
-
-
-class _QuietFiles(SimpleHTTPRequestHandler):
-    def log_message(self, format, *args) -> None:
-        pass
-
-
-@contextmanager
-def serve(handler) -> Iterator[str]:
-    """Serve ``handler`` on a free loopback port in a thread; yield the base URL."""
-    server = _QuietServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 @pytest.fixture(autouse=True)
@@ -74,7 +48,7 @@ def ieee_dir(real_data) -> Path:
 @pytest.fixture(scope="module")
 def mirror(ieee_dir) -> Iterator[str]:
     """A partial ieee8023 mirror: metadata.csv and 53 of its images; 404 for the rest."""
-    with serve(partial(_QuietFiles, directory=str(ieee_dir))) as url:
+    with serve(partial(QuietFiles, directory=str(ieee_dir))) as url:
         yield url
 
 
