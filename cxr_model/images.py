@@ -59,6 +59,7 @@ __all__ = [
     "SUPPORTED_FORMATS",
     "ImageError",
     "ImageFacts",
+    "hamming",
     "inspect_image",
     "to_model_input",
 ]
@@ -106,6 +107,9 @@ class ImageFacts:
     bytes: int
     decodable: bool
     error: str | None
+    dhash: str | None = None
+    """64-bit difference hash of the decoded, upright image as 16 hex digits (see :func:`dhash`);
+    None when the image is not decodable."""
 
 
 class _Bad(Exception):
@@ -250,8 +254,13 @@ def inspect_image(data: bytes) -> ImageFacts:
             error=bad.reason,
         )
     width, height = img.size
-    if _orientation(img) in _SWAPPING_ORIENTATIONS:
+    orientation = _orientation(img)
+    if orientation in _SWAPPING_ORIENTATIONS:
         width, height = height, width
+    try:
+        perceptual: str | None = _dhash(img, orientation)
+    except (ValueError, OSError):  # unusual modes Pillow cannot resize; the hash is optional
+        perceptual = None
     return ImageFacts(
         format=_format_name(img),
         mode=img.mode,
@@ -260,7 +269,48 @@ def inspect_image(data: bytes) -> ImageFacts:
         bytes=len(data),
         decodable=True,
         error=None,
+        dhash=perceptual,
     )
+
+
+# --------------------------------------------------------------------- perceptual hash
+
+_DHASH_SIDE = 8
+# What ImageOps.exif_transpose does for each EXIF orientation.
+_ORIENTATION_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def _dhash(img: Image.Image, orientation: int = 1) -> str:
+    """Difference hash of a decoded image: luminance (as :func:`to_model_input` makes it), turned
+    upright (EXIF), shrunk to 9 wide × 8 high, one bit per horizontal neighbour pair (left
+    brighter than right), row by row, as 16 hex digits.
+    """
+    lum = _to_luminance(img)
+    if orientation in _ORIENTATION_TRANSPOSE:  # rare (phone photos); a copy of the pixels
+        lum = lum.transpose(_ORIENTATION_TRANSPOSE[orientation])
+    small = lum.resize((_DHASH_SIDE + 1, _DHASH_SIDE), RESAMPLE, reducing_gap=REDUCING_GAP)
+    pixels = np.asarray(small, dtype=np.int16)
+    bits = (pixels[:, :-1] > pixels[:, 1:]).ravel()
+    return f"{int(''.join('1' if b else '0' for b in bits), 2):016x}"
+
+
+def hamming(a: str, b: str) -> int:
+    """Number of differing bits between two hex hashes (0 = same picture, 64 = opposite).
+
+    Near-duplicates (re-encoded, rescaled, slightly brightened copies) are usually ≤ 4 apart;
+    unrelated images ~32. Raises ValueError for hashes that are not hex or differ in length.
+    """
+    if len(a) != len(b):
+        raise ValueError(f"hashes differ in length: {a!r} vs {b!r}")
+    return (int(a, 16) ^ int(b, 16)).bit_count()
 
 
 def _wide_to_l(img: Image.Image) -> Image.Image:

@@ -164,13 +164,21 @@ class ObjectStore:
         return path
 
     def upload_dir(self, folder: Path, prefix: str) -> list[str]:
-        """Upload every file under ``folder`` to ``prefix/<relative path>``; return the keys."""
+        """Upload every file under ``folder`` to ``prefix/<relative path>``; return the keys.
+
+        Hidden files and folders (tool state such as ``.gx``) stay local.
+        """
         keys = []
-        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        files = (p for p in folder.rglob("*") if p.is_file())
+        for path in sorted(p for p in files if not _hidden(p.relative_to(folder))):
             key = f"{prefix.rstrip('/')}/{path.relative_to(folder).as_posix()}"
             self.put_file(key, path)
             keys.append(key)
         return keys
+
+
+def _hidden(relative: Path) -> bool:
+    return any(part.startswith(".") for part in relative.parts)
 
 
 def _client_for(settings: Settings):

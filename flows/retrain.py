@@ -54,7 +54,7 @@ def retrain(params: RetrainParams) -> RetrainResult:
     prefix = run_prefix("retrain")
     images = get_images(params.sources)
     quality = check_images(images.manifest_key, params.quality, f"{prefix}/quality")
-    dataset = sort_images(quality.accepted_key, params.split)
+    dataset = sort_images(quality.accepted_key, params.split, params.quality, f"{prefix}/quality")
     trained = fit_model(dataset, params.training, prefix)
     evaluation = evaluate_model(trained, dataset, prefix)
     registered = register_model(trained, evaluation, dataset, params.model_dump())

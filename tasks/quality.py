@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from prefect import task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from pydantic import BaseModel
@@ -12,6 +14,11 @@ from cxr_model.quality import QualityError, QualitySettings, validate_manifest
 from tasks.common import artifact_key, say, store
 
 PROGRESS_LISTED = 10  # quarantined files named on the console; the report lists them all
+
+
+def local_docs_dir(report_prefix: str) -> Path:
+    """Where a run's Data Docs are built; a copy is uploaded next to the report in the store."""
+    return get_settings().state_dir / "reports" / report_prefix / "data_docs"
 
 
 class QualityResult(BaseModel):
@@ -32,7 +39,7 @@ def check_images(manifest_key: str, settings: QualitySettings, report_prefix: st
     """Validate the ingested images; fail on a critical expectation, quarantine failing files."""
     objects = store()
     images = manifest.describe_images(manifest.read_csv(objects, manifest_key))
-    docs_dir = get_settings().state_dir / "reports" / report_prefix / "data_docs"
+    docs_dir = local_docs_dir(report_prefix)
     report = validate_manifest(images, settings, docs_dir)
 
     manifest.write_csv(objects, f"{report_prefix}/images.csv", images)

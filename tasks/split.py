@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from prefect import task
+from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel
 
 from cxr_model import manifest
-from cxr_model.split import SplitParams, materialise
-from tasks.common import TRANSIENT_RETRIES, say, store
+from cxr_model.quality import QualityError, QualitySettings, validate_split
+from cxr_model.split import SplitParams, load_split, materialise
+from tasks.common import TRANSIENT_RETRIES, artifact_key, say, store
+from tasks.quality import PROGRESS_LISTED, local_docs_dir
 
 
 class DatasetRef(BaseModel):
@@ -20,10 +23,24 @@ class DatasetRef(BaseModel):
 
 
 @task(name="sort-images", **TRANSIENT_RETRIES)
-def sort_images(accepted_key: str, params: SplitParams) -> DatasetRef:
-    """Split by patient and copy the images to ``datasets/<id>/{Train,Val}/{covid,normal}/``."""
+def sort_images(
+    accepted_key: str, params: SplitParams, quality: QualitySettings, report_prefix: str
+) -> DatasetRef:
+    """Split by patient into ``datasets/<id>/{Train,Val}/{covid,normal}/`` and check the split."""
     objects = store()
-    dataset = materialise(objects, manifest.read_csv(objects, accepted_key), params)
+    accepted = manifest.read_csv(objects, accepted_key)
+    dataset = materialise(objects, accepted, params)
+    docs_dir = local_docs_dir(report_prefix)
+    report = validate_split(load_split(objects, dataset.split_key), accepted, quality, docs_dir)
+    objects.upload_dir(docs_dir, f"{report_prefix}/data_docs")
+    objects.put_bytes(f"{report_prefix}/split-report.md", report.summary_markdown().encode())
+    create_markdown_artifact(markdown=report.summary_markdown(), key=artifact_key("split-quality"))
+    for pair in report.near_duplicates[:PROGRESS_LISTED]:
+        say(
+            f"  near-duplicate across splits: {pair.val_path} ~ {pair.train_path} (distance {pair.distance})"
+        )
+    if not report.passed:
+        raise QualityError(report)
     say(
         f"dataset {dataset.dataset_id}: Train {dataset.counts['Train']}, Val {dataset.counts['Val']}"
     )

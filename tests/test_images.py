@@ -16,7 +16,14 @@ import pytest
 from PIL import Image
 
 from cxr_model import images
-from cxr_model.images import MODEL_CHANNELS, ImageError, ImageFacts, inspect_image, to_model_input
+from cxr_model.images import (
+    MODEL_CHANNELS,
+    ImageError,
+    ImageFacts,
+    hamming,
+    inspect_image,
+    to_model_input,
+)
 
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cxr-real"
 
@@ -179,7 +186,8 @@ def test_supported_formats_round_trip(fmt, params, tolerance):
     data = encode(img, fmt, **params)
     facts = inspect_image(data)
     mode = "RGB" if fmt == "WEBP" else "L"  # WebP has no greyscale mode
-    assert facts == ImageFacts(fmt, mode, 48, 48, len(data), True, None)
+    assert facts == ImageFacts(fmt, mode, 48, 48, len(data), True, None, facts.dhash)
+    assert facts.dhash == inspect_image(encode(img)).dhash  # same picture, same hash
     out = grey(to_model_input(data, 48)).astype(int)
     assert np.abs(out - np.asarray(img, dtype=int)).max() <= tolerance
 
@@ -329,3 +337,69 @@ def test_real_xrays_convert(where):
     # a radiograph: real contrast, neither blank nor saturated
     assert lum.std() > 20
     assert 20 < lum.mean() < 235
+
+
+# --------------------------------------------------------------------- perceptual hash
+
+
+def test_hamming_counts_differing_bits():
+    assert hamming("0000000000000000", "0000000000000000") == 0
+    assert hamming("0000000000000000", "ffffffffffffffff") == 64
+    assert hamming("00000000000000f0", "000000000000000f") == 8
+    assert hamming("8000000000000001", "0000000000000000") == 2
+    with pytest.raises(ValueError):
+        hamming("00", "0000")
+    with pytest.raises(ValueError):
+        hamming("zz", "00")
+
+
+def test_dhash_is_16_hex_digits_of_neighbour_comparisons():
+    # brightness falls left to right: every "left brighter than right" bit is set
+    falling = Image.fromarray(np.tile(np.linspace(255, 0, 90).astype(np.uint8), (80, 1)))
+    assert inspect_image(encode(falling)).dhash == "ffffffffffffffff"
+    rising = falling.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    assert inspect_image(encode(rising)).dhash == "0000000000000000"
+    facts = inspect_image(encode(ramp(64, 48)))
+    assert facts.dhash is not None and len(facts.dhash) == 16
+    int(facts.dhash, 16)
+
+
+def test_dhash_is_none_for_undecodable_files():
+    assert inspect_image(b"").dhash is None
+    assert inspect_image(truncated_png()).dhash is None
+
+
+def test_dhash_ignores_mode_and_sees_the_upright_image():
+    rng = np.random.default_rng(1)
+    arr = (rng.random((12, 16)) * 255).astype(np.uint8)
+    img = Image.fromarray(arr).resize((160, 120), Image.Resampling.BILINEAR)
+    upright = inspect_image(encode(img)).dhash
+    assert inspect_image(encode(img.convert("RGB"))).dhash == upright
+    # stored turned 90° with EXIF orientation 6 ("turn clockwise to display"): same picture
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    stored = img.transpose(Image.Transpose.ROTATE_90)
+    turned = inspect_image(encode(stored, "PNG", exif=exif))
+    assert (turned.width, turned.height) == (160, 120)
+    assert turned.dhash == upright
+    assert hamming(inspect_image(encode(stored)).dhash, upright) > 10  # without the tag
+
+
+def test_real_xray_reencoded_as_jpeg_is_a_near_duplicate_and_others_are_not():
+    rows = real_rows()
+    hannover = pick(rows, source="hannover", orig_mode="L")
+    pediatric = pick(rows, source="kaggle-pediatric")
+    data = (REAL_DATA / hannover["file"]).read_bytes()
+    original = inspect_image(data).dhash
+
+    buf = io.BytesIO()
+    Image.open(io.BytesIO(data)).save(buf, format="JPEG", quality=75)
+    reencoded = inspect_image(buf.getvalue())
+    half = Image.open(io.BytesIO(data))
+    half = half.resize((half.width // 2, half.height // 2), Image.Resampling.BILINEAR)
+
+    assert reencoded.format == "JPEG" and reencoded.bytes != len(data)
+    assert hamming(original, reencoded.dhash) <= 4
+    assert hamming(original, inspect_image(encode(half)).dhash) <= 4
+    other = inspect_image((REAL_DATA / pediatric["file"]).read_bytes()).dhash
+    assert hamming(original, other) > 10

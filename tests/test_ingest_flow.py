@@ -52,3 +52,31 @@ def test_ingest_accounts_for_every_file_of_both_sources(
     accepted = read_csv(store, report.quality.accepted_key)
     assert set(accepted["label"]) == {"covid", "normal"}
     assert pd.to_numeric(accepted["width"]).min() >= 64
+
+
+def test_one_source_per_class_is_flagged_in_the_report_and_data_docs(
+    prefect_harness, settings, store, real_data, tmp_path
+):
+    """hannover (all covid) vs nih (all normal): the study's recipe, and a shortcut."""
+    from flows.ingest import IngestParams, ingest
+
+    manifest = pd.read_csv(real_data / "manifest.csv", dtype=str)
+    subset = pd.concat(
+        [
+            manifest[manifest["source"] == "hannover"].head(30),
+            manifest[manifest["source"] == "nih-cxr8"].head(30),
+        ]
+    )
+    csv = real_data / "manifest.csv"
+    subset_csv = tmp_path / "hannover-vs-nih.csv"
+    subset.assign(file=[str(csv.parent / f) for f in subset["file"]]).to_csv(
+        subset_csv, index=False
+    )
+
+    report = ingest(IngestParams(sources=[f"manifest:{subset_csv}"]))
+    assert "source separates the labels" in report.quality.summary
+    assert "hannover" in report.quality.summary and "nih-cxr8" in report.quality.summary
+    docs = (tmp_path / "state").rglob("index.html")
+    index = next(p for p in docs if "data_docs" in str(p)).read_text()
+    assert "source separates the labels" in index
+    assert store.exists(report.quality.docs_uri.split(f"s3://{store.bucket}/")[1])

@@ -1,0 +1,106 @@
+"""Hostile files through the real ingest flow: each file's outcome, accepted or quarantined, and why."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cxr_model import images as images_module
+from cxr_model.manifest import read_csv
+from cxr_model.quality import QualitySettings
+
+pytestmark = pytest.mark.integration
+BOMB_LIMIT = 1_000_000  # pixels; lowered so the "bomb" below stays small in memory
+
+
+def encoded(image: Image.Image, fmt: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def gradient(width: int, height: int) -> np.ndarray:
+    return np.tile(np.linspace(0, 255, width, dtype=np.uint8), (height, 1))
+
+
+def hostile_files() -> dict[str, bytes]:
+    grey = Image.fromarray(gradient(120, 100))
+    png = encoded(grey, "PNG")
+    jpeg = encoded(grey, "JPEG")
+    rotated = Image.fromarray(gradient(100, 300))
+    exif = rotated.getexif()
+    exif[0x0112] = 6  # orientation: rotate 90°
+    sixteen = Image.fromarray(gradient(100, 100).astype(np.uint16) * 16)  # I;16
+    return {
+        "covid/truncated.png": png[: len(png) // 2],
+        "covid/truncated.jpg": jpeg[: len(jpeg) // 2],
+        "covid/zero.png": b"",
+        "covid/text.png": b"these are notes, not an x-ray\n",
+        "covid/bomb.png": encoded(Image.new("L", (1200, 1200)), "PNG"),
+        "covid/sixteen-bit.png": encoded(sixteen, "PNG"),
+        "covid/cmyk.jpg": encoded(grey.convert("CMYK"), "JPEG"),
+        "covid/exif-rotated.jpg": encoded(rotated, "JPEG", exif=exif),
+        "covid/palette.png": encoded(grey.convert("P"), "PNG"),
+        "covid/la.png": encoded(grey.convert("LA"), "PNG"),
+        "covid/rgba.png": encoded(grey.convert("RGBA"), "PNG"),
+        "covid/tiny-8x8.png": encoded(Image.new("L", (8, 8), 128), "PNG"),
+        "covid/wide-1000x70.png": encoded(Image.fromarray(gradient(1000, 70)), "PNG"),
+        **{
+            f"normal/good-{n}.png": encoded(Image.fromarray(gradient(100 + n, 100)), "PNG")
+            for n in range(6)
+        },
+    }
+
+
+def test_every_hostile_file_gets_the_expected_outcome(
+    prefect_harness, settings, store, tmp_path: Path, monkeypatch
+):
+    from flows.ingest import IngestParams, ingest
+
+    monkeypatch.setattr(images_module, "MAX_PIXELS", BOMB_LIMIT)
+    for name, data in hostile_files().items():
+        (tmp_path / "src" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "src" / name).write_bytes(data)
+
+    report = ingest(
+        IngestParams(sources=[f"folder:{tmp_path / 'src'}"], quality=QualitySettings(min_rows=5))
+    )
+    described = read_csv(store, report.quality.accepted_key.replace("accepted.csv", "images.csv"))
+    accepted = set(read_csv(store, report.quality.accepted_key)["original_path"])
+    assert accepted == {
+        "covid/sixteen-bit.png",
+        "covid/cmyk.jpg",
+        "covid/exif-rotated.jpg",
+        "covid/palette.png",
+        "covid/la.png",
+        "covid/rgba.png",
+        "covid/wide-1000x70.png",
+        *(f"normal/good-{n}.png" for n in range(6)),
+    }
+    facts = described.set_index("original_path")
+    assert (
+        facts.loc["covid/exif-rotated.jpg", "width"],
+        facts.loc["covid/exif-rotated.jpg", "height"],
+    ) == ("300", "100")
+    assert facts.loc["covid/sixteen-bit.png", "mode"].startswith("I")
+
+    summary = report.quality.summary
+    expected_reasons = {
+        "covid/truncated.png": "truncated or corrupt",
+        "covid/truncated.jpg": "truncated or corrupt",
+        "covid/zero.png": "empty file (0 bytes)",
+        "covid/text.png": "not an image",
+        "covid/bomb.png": "too many pixels",
+        "covid/tiny-8x8.png": "shorter side 8 px < 64 px",
+    }
+    lines = {line for line in summary.splitlines() if "|" in line}
+    for name, reason in expected_reasons.items():
+        assert any(name in line and reason in line for line in lines), (name, reason)
+    assert report.quality.rejected == len(expected_reasons)
+    assert sum(1 for k in store.list_keys("quarantine/") if k.endswith(".json")) == len(
+        expected_reasons
+    )
