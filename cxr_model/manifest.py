@@ -29,6 +29,7 @@ RAW_PREFIX = "raw/sha256"
 QUARANTINE_PREFIX = "quarantine"
 INDEX_PREFIX = "ingest-index"
 INDEX_SAVE_EVERY = 200
+FACTS_VERSION = 2  # bump when inspect_image's facts change (2: 256-bit dhash)
 INGEST_COLUMNS = [
     "key",
     "raw_key",
@@ -142,6 +143,8 @@ class IngestIndex:
         entry = self.entries.get(record.original_path)
         if not record.fingerprint or not entry or entry["fingerprint"] != record.fingerprint:
             return None
+        if entry.get("facts_version") != FACTS_VERSION:
+            return None  # inspected by older code: inspect again
         return entry if raw_key(entry["sha256"]) in self.stored else None
 
     def remember(self, record: SourceRecord, image: IngestedImage) -> None:
@@ -150,6 +153,7 @@ class IngestIndex:
                 "fingerprint": record.fingerprint,
                 "sha256": image.sha256,
                 "facts": image.facts,
+                "facts_version": FACTS_VERSION,
             }
             self.changed += 1
 

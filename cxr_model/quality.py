@@ -128,9 +128,9 @@ class QualitySettings(BaseModel):
         description="Fewest patients per class (an image without patient id is its own patient).",
     )
     near_duplicate_distance: int = Field(
-        default=2,
+        default=8,
         ge=0,
-        le=64,
+        le=256,
         description="Largest dhash Hamming distance at which a Val and a Train image count as "
         "near-duplicates (warning).",
     )
@@ -550,9 +550,15 @@ def _near_duplicates(
             lookup[column] = lookup["key"].map(info[column])
         else:
             lookup[column] = None
-    # object dtype: 64-bit hashes do not fit a float (pandas' choice for ints with None)
+    # each hash as 64-bit words; hashes of another length than the usual (older manifests)
+    # are left out of the comparison rather than compared bit for bit with the wrong layout
+    words = [_hash_words(h) for h in lookup["dhash"]]
+    lengths = pd.Series([len(w) for w in words if w is not None])
+    usual = int(lengths.mode().iloc[0]) if len(lengths) else 0
     lookup["hash"] = pd.Series(
-        [_hash_int(h) for h in lookup["dhash"]], index=lookup.index, dtype=object
+        [w if w is not None and len(w) == usual else None for w in words],
+        index=lookup.index,
+        dtype=object,
     )
     val = lookup[(lookup["split"] == VAL) & lookup["hash"].notna()].reset_index(drop=True)
     train = lookup[(lookup["split"] == TRAIN) & lookup["hash"].notna()].reset_index(drop=True)
@@ -569,18 +575,20 @@ def _near_duplicates(
     hashed = {VAL: len(val), TRAIN: len(train)}
     if val.empty or train.empty:
         return [], nearest, hashed
-    train_hash = train["hash"].to_numpy(dtype=np.uint64)
+    train_hash = np.stack(train["hash"].to_list())
     train_sha = train["sha256"].astype(str).to_numpy()
-    val_hash = val["hash"].to_numpy(dtype=np.uint64)
+    val_hash = np.stack(val["hash"].to_list())
     val_sha = val["sha256"].astype(str).to_numpy()
+    never = usual * 64 + 1  # farther than any two hashes can be
     pairs: list[NearDuplicate] = []
-    best = np.full(len(val), 65, dtype=np.int64)
+    best = np.full(len(val), never, dtype=np.int64)
     best_at = np.zeros(len(val), dtype=np.int64)
     step = max(1, block * block // max(1, len(train)))
     for start in range(0, len(val), step):
         stop = min(start + step, len(val))
-        d = np.bitwise_count(val_hash[start:stop, None] ^ train_hash[None, :]).astype(np.int64)
-        d[val_sha[start:stop, None] == train_sha[None, :]] = 65  # identical: not "near"
+        xor = val_hash[start:stop, None, :] ^ train_hash[None, :, :]
+        d = np.bitwise_count(xor).astype(np.int64).sum(axis=-1)
+        d[val_sha[start:stop, None] == train_sha[None, :]] = never  # identical: not "near"
         best[start:stop] = d.min(axis=1)
         best_at[start:stop] = d.argmin(axis=1)
         for i, j in zip(*np.nonzero(d <= distance), strict=True):
@@ -594,7 +602,7 @@ def _near_duplicates(
                     distance=int(d[i, j]),
                 )
             )
-    found = best <= 64
+    found = best < never
     nearest.loc[found, "nearest_train_key"] = train["key"].to_numpy()[best_at[found]]
     nearest.loc[found, "nearest_train_path"] = train["original_path"].to_numpy()[best_at[found]]
     nearest.loc[found, "nearest_train_distance"] = best[found]
@@ -602,13 +610,16 @@ def _near_duplicates(
     return pairs, nearest, hashed
 
 
-def _hash_int(value: Any) -> int | None:
+def _hash_words(value: Any) -> np.ndarray | None:
+    """A hex hash as big-endian 64-bit words, or None when missing or not hex."""
     if _missing(value) or not str(value).strip():
         return None
+    text = str(value).strip()
     try:
-        return int(str(value), 16)
+        raw = bytes.fromhex(text.zfill(-(-len(text) // 16) * 16))
     except ValueError:
         return None
+    return np.frombuffer(raw, dtype=">u8").astype(np.uint64)
 
 
 def _text(value: Any) -> str:

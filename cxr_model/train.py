@@ -62,6 +62,7 @@ def train_model(
         training_batches(train, params.batch_size, params.seed),
         validation_data=evaluation_batches(val, params.batch_size),
         epochs=params.epochs,
+        shuffle=False,  # the tf.data pipeline shuffles (seeded) every epoch
         verbose=0,
     )
     seconds = time.perf_counter() - started

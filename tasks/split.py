@@ -35,6 +35,8 @@ def sort_images(
     objects.upload_dir(docs_dir, f"{report_prefix}/data_docs")
     objects.put_bytes(f"{report_prefix}/split-report.md", report.summary_markdown().encode())
     create_markdown_artifact(markdown=report.summary_markdown(), key=artifact_key("split-quality"))
+    if report.near_duplicates:
+        say(f"warning: {len(report.near_duplicates)} near-duplicate pair(s) across Train and Val")
     for pair in report.near_duplicates[:PROGRESS_LISTED]:
         say(
             f"  near-duplicate across splits: {pair.val_path} ~ {pair.train_path} (distance {pair.distance})"

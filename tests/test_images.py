@@ -353,14 +353,14 @@ def test_hamming_counts_differing_bits():
         hamming("zz", "00")
 
 
-def test_dhash_is_16_hex_digits_of_neighbour_comparisons():
+def test_dhash_is_64_hex_digits_of_neighbour_comparisons():
     # brightness falls left to right: every "left brighter than right" bit is set
     falling = Image.fromarray(np.tile(np.linspace(255, 0, 90).astype(np.uint8), (80, 1)))
-    assert inspect_image(encode(falling)).dhash == "ffffffffffffffff"
+    assert inspect_image(encode(falling)).dhash == "f" * 64
     rising = falling.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    assert inspect_image(encode(rising)).dhash == "0000000000000000"
+    assert inspect_image(encode(rising)).dhash == "0" * 64
     facts = inspect_image(encode(ramp(64, 48)))
-    assert facts.dhash is not None and len(facts.dhash) == 16
+    assert facts.dhash is not None and len(facts.dhash) == 64
     int(facts.dhash, 16)
 
 
@@ -399,7 +399,7 @@ def test_real_xray_reencoded_as_jpeg_is_a_near_duplicate_and_others_are_not():
     half = half.resize((half.width // 2, half.height // 2), Image.Resampling.BILINEAR)
 
     assert reencoded.format == "JPEG" and reencoded.bytes != len(data)
-    assert hamming(original, reencoded.dhash) <= 4
-    assert hamming(original, inspect_image(encode(half)).dhash) <= 4
+    assert hamming(original, reencoded.dhash) <= 8
+    assert hamming(original, inspect_image(encode(half)).dhash) <= 8
     other = inspect_image((REAL_DATA / pediatric["file"]).read_bytes()).dhash
-    assert hamming(original, other) > 10
+    assert hamming(original, other) > 20
