@@ -10,7 +10,9 @@ from cxr_model import manifest
 from cxr_model.quality import QualityError, QualitySettings, validate_split
 from cxr_model.split import SplitParams, load_split, materialise
 from tasks.common import TRANSIENT_RETRIES, artifact_key, say, store
-from tasks.quality import PROGRESS_LISTED, local_docs_dir
+from tasks.quality import local_docs_dir
+
+NEAR_DUPLICATES_LISTED = 3  # on the console; the split report lists every pair
 
 
 class DatasetRef(BaseModel):
@@ -36,8 +38,11 @@ def sort_images(
     objects.put_bytes(f"{report_prefix}/split-report.md", report.summary_markdown().encode())
     create_markdown_artifact(markdown=report.summary_markdown(), key=artifact_key("split-quality"))
     if report.near_duplicates:
-        say(f"warning: {len(report.near_duplicates)} near-duplicate pair(s) across Train and Val")
-    for pair in report.near_duplicates[:PROGRESS_LISTED]:
+        say(
+            f"warning: {len(report.near_duplicates)} near-duplicate pair(s) across Train and Val "
+            "(all listed in the split report), the closest:"
+        )
+    for pair in report.near_duplicates[:NEAR_DUPLICATES_LISTED]:
         say(
             f"  near-duplicate across splits: {pair.val_path} ~ {pair.train_path} (distance {pair.distance})"
         )
