@@ -173,7 +173,28 @@ class ExpectationOutcome(BaseModel):
     summary: str
 
 
-class QualityReport(BaseModel):
+class OutcomeReport(BaseModel):
+    """Expectation outcomes, and what they mean for the run."""
+
+    outcomes: list[ExpectationOutcome]
+
+    @property
+    def critical_failures(self) -> list[ExpectationOutcome]:
+        """Failed critical expectations: the run must stop."""
+        return [o for o in self.outcomes if not o.success and o.severity == "critical"]
+
+    @property
+    def warnings(self) -> list[ExpectationOutcome]:
+        """Failed warnings: rows quarantined or pairs listed; the run goes on."""
+        return [o for o in self.outcomes if not o.success and o.severity == "warning"]
+
+    @property
+    def passed(self) -> bool:
+        """True when no critical expectation failed."""
+        return not self.critical_failures
+
+
+class QualityReport(OutcomeReport):
     """What :func:`validate_manifest` found; ``docs_dir`` holds the Data Docs ``index.html``.
 
     ``audit`` is the shortcut audit of the accepted rows (its flags are warnings only).
@@ -182,24 +203,8 @@ class QualityReport(BaseModel):
     total: int
     accepted_keys: list[str]
     rejected: list[Rejection]
-    outcomes: list[ExpectationOutcome]
     docs_dir: str
     audit: ShortcutAudit | None = None
-
-    @property
-    def critical_failures(self) -> list[ExpectationOutcome]:
-        """Failed expectations that must stop the run."""
-        return [o for o in self.outcomes if not o.success and o.severity == "critical"]
-
-    @property
-    def warnings(self) -> list[ExpectationOutcome]:
-        """Failed expectations whose rows were quarantined; the run goes on."""
-        return [o for o in self.outcomes if not o.success and o.severity == "warning"]
-
-    @property
-    def passed(self) -> bool:
-        """True when no critical expectation failed."""
-        return not self.critical_failures
 
     def summary_markdown(self, limit: int = 200) -> str:
         """Counts, failed expectations, and the rejected files (at most ``limit``) as Markdown."""
@@ -359,30 +364,14 @@ class NearDuplicate(BaseModel):
     distance: int
 
 
-class SplitReport(BaseModel):
+class SplitReport(OutcomeReport):
     """What :func:`validate_split` found; ``docs_dir`` holds the Data Docs ``index.html``."""
 
     total: int
     counts: dict[str, dict[str, int]]  # split -> label -> images
-    outcomes: list[ExpectationOutcome]
     near_duplicates: list[NearDuplicate]
     hashed: dict[str, int]  # Val/Train images with a perceptual hash (compared for near-dups)
     docs_dir: str
-
-    @property
-    def critical_failures(self) -> list[ExpectationOutcome]:
-        """Failed expectations that must stop the run (leakage, a class missing in a split)."""
-        return [o for o in self.outcomes if not o.success and o.severity == "critical"]
-
-    @property
-    def warnings(self) -> list[ExpectationOutcome]:
-        """Failed expectations worth a look (near-duplicates); the run goes on."""
-        return [o for o in self.outcomes if not o.success and o.severity == "warning"]
-
-    @property
-    def passed(self) -> bool:
-        """True when no critical expectation failed."""
-        return not self.critical_failures
 
     def summary_markdown(self, limit: int = 50) -> str:
         """Counts per split, failed expectations and near-duplicate pairs as Markdown."""

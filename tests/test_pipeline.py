@@ -91,21 +91,26 @@ def test_retrain_then_score_real_xrays(
     _check_cli(settings, tmp_path)
 
 
-def _check_cli(settings, tmp_path):
-    """The console script against the same store: registry listing and scoring a messy folder."""
+def _cxr(*args: str) -> str:
+    """Run the console script (as `python -m flows.cli`) against this test's store and Prefect API."""
     from prefect.settings import PREFECT_API_URL
 
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
-    listing = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "registry", "list", "--json"],
+    done = subprocess.run(
+        [sys.executable, "-m", "flows.cli", *args],
         cwd=REPO,
         env=env,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
     )
-    assert listing.returncode == 0, listing.stdout + listing.stderr
-    versions = json.loads(listing.stdout)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def _check_cli(settings, tmp_path):
+    """The console script against the same store: registry listing and scoring a messy folder."""
+    versions = json.loads(_cxr("registry", "list", "--json"))
     assert [(v["version"], v["aliases"]) for v in versions] == [(1, [CHAMPION]), (2, ["candidate"])]
 
     inbox = tmp_path / "inbox"
@@ -115,13 +120,4 @@ def _check_cli(settings, tmp_path):
     )
     (inbox / "truncated.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
     (inbox / "readme.txt").write_text("not an x-ray")
-    scoring = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "score", str(inbox)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert scoring.returncode == 0, scoring.stdout + scoring.stderr
-    assert "3 files found, 1 scored, 2 errors" in scoring.stdout
+    assert "3 files found, 1 scored, 2 errors" in _cxr("score", str(inbox))
