@@ -138,19 +138,19 @@ class IngestIndex:
         self.source = source
         self.changed = 0
 
-    def known(self, record: SourceRecord) -> dict | None:
-        """The index entry of an unchanged record whose bytes are still stored, else None."""
-        entry = self.entries.get(record.original_path)
-        if not record.fingerprint or not entry or entry["fingerprint"] != record.fingerprint:
+    def known(self, path: str, fingerprint: str | None) -> dict | None:
+        """The index entry of an unchanged file whose bytes are still stored, else None."""
+        entry = self.entries.get(path)
+        if not fingerprint or not entry or entry["fingerprint"] != fingerprint:
             return None
         if entry.get("facts_version") != FACTS_VERSION:
             return None  # inspected by older code: inspect again
         return entry if raw_key(entry["sha256"]) in self.stored else None
 
-    def remember(self, record: SourceRecord, image: IngestedImage) -> None:
-        if record.fingerprint:
-            self.entries[record.original_path] = {
-                "fingerprint": record.fingerprint,
+    def remember(self, path: str, fingerprint: str | None, image: IngestedImage) -> None:
+        if fingerprint:
+            self.entries[path] = {
+                "fingerprint": fingerprint,
                 "sha256": image.sha256,
                 "facts": image.facts,
                 "facts_version": FACTS_VERSION,
@@ -182,7 +182,8 @@ def ingest(store: ObjectStore, records: Iterable[SourceRecord]) -> list[Ingested
 
     def one(record: SourceRecord) -> IngestedImage:
         index = index_for(record.source)
-        entry = index.known(record)
+        fingerprint = record.fingerprint() if callable(record.fingerprint) else record.fingerprint
+        entry = index.known(record.original_path, fingerprint)
         if entry:
             return IngestedImage(
                 key=f"{record.source}/{record.original_path}",
@@ -194,7 +195,7 @@ def ingest(store: ObjectStore, records: Iterable[SourceRecord]) -> list[Ingested
         image = ingest_record(store, record)
         if not image.read_error:
             with lock:
-                index.remember(record, image)
+                index.remember(record.original_path, fingerprint, image)
                 if index.changed >= INDEX_SAVE_EVERY:
                     index.save()
         return image

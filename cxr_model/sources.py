@@ -123,9 +123,10 @@ class SourceRecord:
     read: Callable[[], bytes] = field(repr=False, compare=False)
     metadata: Mapping[str, str] = field(default_factory=dict)  # view, license, url, ...
     # Cheap change marker known without reading the bytes (size+mtime of a local file, a zip
-    # member's CRC and size, an S3 ETag); None when the source has none (HTTP). Ingest skips a
-    # record whose fingerprint is unchanged since the last run.
-    fingerprint: str | None = field(default=None, compare=False)
+    # member's CRC and size, an S3 ETag; for HTTP a callable making a HEAD request, run by
+    # ingest's worker threads). Ingest skips a record whose fingerprint is unchanged since the
+    # last run; None means "cannot tell", and the record is read.
+    fingerprint: str | Callable[[], str | None] | None = field(default=None, compare=False)
 
 
 # --- reading with a size cap -------------------------------------------------------------------
@@ -330,6 +331,25 @@ def _url_reader(url: str) -> Callable[[], bytes]:
     return lambda: fetch_bytes(url)
 
 
+def http_fingerprint(url: str) -> str | None:
+    """The ETag, or Last-Modified and size, of ``url`` from a HEAD request; None when unknown."""
+    request = urllib.request.Request(url, method="HEAD", headers={"User-Agent": USER_AGENT})
+    try:
+        with _OPENER.open(request, timeout=HTTP_TIMEOUT_S) as response:
+            headers = response.headers
+    except (OSError, HTTPException):
+        return None  # the GET that follows reports what is wrong
+    if headers.get("ETag"):
+        return f"etag:{headers['ETag']}"
+    if headers.get("Last-Modified") and headers.get("Content-Length"):
+        return f"modified:{headers['Last-Modified']}-{headers['Content-Length']}"
+    return None
+
+
+def _url_fingerprint(url: str) -> Callable[[], str | None]:
+    return lambda: http_fingerprint(url)
+
+
 # --- S3 ----------------------------------------------------------------------------------------
 
 
@@ -519,10 +539,10 @@ class ManifestSource:
     def _reader(
         self, location: str, base: Path
     ) -> tuple[Callable[[], bytes], dict[str, str], str | None]:
-        """The record's reader, extra metadata and fingerprint (local files only)."""
+        """The record's reader, extra metadata and fingerprint."""
         scheme = urlsplit(location).scheme.lower()
         if scheme in ("http", "https"):
-            return _url_reader(location), {"url": location}, None
+            return _url_reader(location), {"url": location}, _url_fingerprint(location)
         if scheme == "s3":
             if self.store is None:
                 raise SourceError(
@@ -669,9 +689,11 @@ class Ieee8023Source:
             if _unsafe_name_part(folder) or _unsafe_name_part(filename):
                 url = f"{self.base_url.rstrip('/')}/{folder}/{filename}"
                 read = _failing_reader(FetchError(url, "unsafe file name in metadata.csv"))
+                fingerprint = None
             else:
                 url = self.image_url(folder, filename)
                 read = _url_reader(url)
+                fingerprint = _url_fingerprint(url)
             metadata["url"] = url
             yield SourceRecord(
                 source=self.name,
@@ -680,6 +702,7 @@ class Ieee8023Source:
                 patient_id=(row.get("patientid") or "").strip() or None,
                 read=read,
                 metadata={k: v for k, v in metadata.items() if v},
+                fingerprint=fingerprint,
             )
 
 

@@ -97,7 +97,11 @@ def test_ieee8023_mirror_selects_rows_and_reads_each_file(mirror, ieee_dir):
     first = records[0]
     assert first.metadata["url"] == f"{mirror}/images/{expected['filename'].iloc[0]}"
     assert first.metadata["finding"] == "COVID-19"
-    assert first.fingerprint is None  # nothing cheap to tell an HTTP file changed
+    # an HTTP file's fingerprint is a HEAD request, made by ingest's workers when needed
+    exists = next(r for r in records if (ieee_dir / r.original_path).exists())
+    assert exists.fingerprint().startswith("modified:")
+    gone = next(r for r in records if not (ieee_dir / r.original_path).exists())
+    assert gone.fingerprint() is None
 
     results = read_all(records)
     present = missing = 0
@@ -594,3 +598,33 @@ def test_s3_flat_layout_and_errors(store):
         list(parse_source(f"s3://{store.bucket}/empty", store=store).records())
     with pytest.raises(SourceError, match="cannot list"):
         list(parse_source("s3://no-such-bucket-cxr/x", store=store).records())
+
+
+class _CountingFiles(QuietFiles):
+    """A static mirror that counts the requests it answers, by method."""
+
+    counts: Counter = Counter()
+
+    def do_GET(self) -> None:
+        type(self).counts["GET " + ("image" if "/images/" in self.path else "other")] += 1
+        super().do_GET()
+
+    def do_HEAD(self) -> None:
+        type(self).counts["HEAD"] += 1
+        super().do_HEAD()
+
+
+def test_rerun_of_an_unchanged_http_mirror_downloads_no_image(ieee_dir, store):
+    handler = type("Counting", (_CountingFiles,), {"counts": Counter()})
+    with serve(partial(handler, directory=str(ieee_dir))) as url:
+        first = manifest.ingest(store, parse_source(f"ieee8023:{url}").records())
+        fetched = sum(1 for image in first if not image.read_error)
+        assert fetched == handler.counts["GET image"] - sum(1 for i in first if i.read_error)
+        handler.counts.clear()
+        again = manifest.ingest(store, parse_source(f"ieee8023:{url}").records())
+    missing = sum(1 for image in again if image.read_error)
+    assert [i.sha256 for i in again if not i.read_error] == [
+        i.sha256 for i in first if not i.read_error
+    ]
+    assert handler.counts["GET image"] == missing  # only the 404s are asked for again
+    assert handler.counts["HEAD"] == len(again)
