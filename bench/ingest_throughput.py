@@ -8,11 +8,12 @@ Starts a SeaweedFS server in a temporary folder (as the tests do), then:
 3. second run of the unchanged source: what the ingest index lets it skip;
 4. peak RSS after each, to see whether memory grows with the number of images.
 
-    .venv/bin/python bench/ingest_throughput.py
+    .venv/bin/python bench/ingest_throughput.py [--images N]   # N: the first N files (default all)
 """
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import os
@@ -22,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import pandas as pd
 from PIL import Image
 
 from cxr_model import embedded_store, manifest
@@ -51,8 +53,17 @@ def timed_ingest(store: ObjectStore, source: ManifestSource) -> tuple[float, int
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--images", type=int, default=None, help="only the first N files")
+    args = parser.parse_args()
     source = ManifestSource(REAL / "manifest.csv")
-    files = [REAL / r.original_path for r in source.records()]
+    if args.images:
+        rows = pd.read_csv(REAL / "manifest.csv", dtype=str).head(args.images)
+        rows["file"] = [str(REAL / f) for f in rows["file"]]
+        subset = Path(tempfile.mkdtemp()) / "manifest.csv"
+        rows.to_csv(subset, index=False)
+        source = ManifestSource(subset)
+    files = [source.csv_path.parent / r.original_path for r in source.records()]
     ceiling = decode_ceiling(files)
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
