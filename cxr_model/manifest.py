@@ -15,9 +15,11 @@ import hashlib
 import io
 import json
 import threading
-from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from typing import TypeVar
 
 import pandas as pd
 
@@ -25,6 +27,8 @@ from cxr_model.images import inspect_image
 from cxr_model.sources import SourceRecord
 from cxr_model.storage import AlreadyExists, ObjectStore
 
+T = TypeVar("T")
+R = TypeVar("R")
 RAW_PREFIX = "raw/sha256"
 QUARANTINE_PREFIX = "quarantine"
 INDEX_PREFIX = "ingest-index"
@@ -201,10 +205,24 @@ def ingest(store: ObjectStore, records: Iterable[SourceRecord]) -> list[Ingested
         return image
 
     with ThreadPoolExecutor(max_workers=PARALLEL_IO) as pool:
-        images = list(pool.map(one, records))
+        images = list(bounded_map(pool, one, records, window=PARALLEL_IO * 4))
     for index in indexes.values():
         index.save()
     return images
+
+
+def bounded_map(
+    pool: ThreadPoolExecutor, fn: Callable[[T], R], items: Iterable[T], window: int
+) -> Iterator[R]:
+    """``pool.map`` that keeps at most ``window`` items in flight, so a long source is streamed
+    rather than submitted all at once; results come back in input order."""
+    pending: deque[Future[R]] = deque()
+    for item in items:
+        pending.append(pool.submit(fn, item))
+        if len(pending) >= window:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
 
 
 def unread_facts(error: str) -> dict:
