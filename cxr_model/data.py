@@ -38,25 +38,24 @@ def load_split_arrays(
 ) -> SplitArrays:
     """Pixels and labels of one split, from the local cache or decoded once from the store."""
     rows = split_frame[split_frame["split"] == split].sort_values("dataset_key")
+    keys = list(rows["dataset_key"])
     cache = cache_dir / f"{split}-{image_size}.npz"
     cached = _read_cache(cache)
-    if cached is not None and list(cached.keys) == list(rows["dataset_key"]):
+    if cached is not None and cached.keys == keys:
         return cached
 
     def convert(key: str) -> np.ndarray:
         return to_model_input(store.get_bytes(key), image_size, name=store.uri(key))
 
     with ThreadPoolExecutor(max_workers=4) as pool:
-        pixels = list(pool.map(convert, rows["dataset_key"]))
+        pixels = list(pool.map(convert, keys))
     images = np.stack(pixels) if pixels else np.zeros((0, image_size, image_size, 3), np.uint8)
     labels = (rows["label"] == POSITIVE_LABEL).to_numpy(np.float32)
     cache.parent.mkdir(parents=True, exist_ok=True)
     partial = cache.with_name(cache.stem + ".part.npz")
-    np.savez(
-        partial, images=images, labels=labels, keys=np.array(list(rows["dataset_key"]), dtype=str)
-    )
+    np.savez(partial, images=images, labels=labels, keys=np.array(keys, dtype=str))
     partial.replace(cache)
-    return SplitArrays(images, labels, list(rows["dataset_key"]))
+    return SplitArrays(images, labels, keys)
 
 
 def _read_cache(path: Path) -> SplitArrays | None:

@@ -29,6 +29,9 @@ CLIENT_CONFIG = Config(
 )
 
 
+PRECONDITION_FAILED = {"PreconditionFailed", "412", "ConditionalRequestConflict"}
+
+
 class StoreError(RuntimeError):
     """The object store could not be used; the message says what to fix."""
 
@@ -87,18 +90,15 @@ class ObjectStore:
     ) -> str:
         """Write ``data`` at ``key`` and return its ETag. ``create_only`` never overwrites."""
         extra: dict[str, str] = {}
-        if content_type or mimetypes.guess_type(key)[0]:
-            extra["ContentType"] = content_type or mimetypes.guess_type(key)[0] or ""
+        content_type = content_type or mimetypes.guess_type(key)[0]
+        if content_type:
+            extra["ContentType"] = content_type
         if create_only:
             extra["IfNoneMatch"] = "*"
         try:
             reply = self.client.put_object(Bucket=self.bucket, Key=key, Body=data, **extra)
         except ClientError as exc:
-            if create_only and _error_code(exc) in (
-                "PreconditionFailed",
-                "412",
-                "ConditionalRequestConflict",
-            ):
+            if create_only and _error_code(exc) in PRECONDITION_FAILED:
                 raise AlreadyExists(f"{self.uri(key)} already exists") from exc
             raise
         return reply["ETag"]
@@ -110,7 +110,7 @@ class ObjectStore:
                 Bucket=self.bucket, Key=key, Body=data, IfMatch=etag, ContentType="application/json"
             )
         except ClientError as exc:
-            if _error_code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+            if _error_code(exc) in PRECONDITION_FAILED:
                 raise ChangedSinceRead(f"{self.uri(key)} changed since it was read") from exc
             raise
         return reply["ETag"]

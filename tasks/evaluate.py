@@ -20,7 +20,7 @@ def evaluate_model(trained: TrainedModel, dataset: DatasetRef, run_prefix: str) 
     objects = store()
     local = get_settings().cache_dir / trained.model_key
     model = keras.saving.load_model(objects.download(trained.model_key, local), compile=False)
-    val = split_arrays(dataset, VAL, trained.params.image_size)
+    (val,) = split_arrays(dataset, trained.params.image_size, VAL)
     probabilities = model.predict(val.images.astype("float32"), verbose=0).reshape(-1)
     evaluation = evaluate_predictions(val.labels, probabilities)
     objects.put_bytes(

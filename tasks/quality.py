@@ -46,12 +46,13 @@ def check_images(manifest_key: str, settings: QualitySettings, report_prefix: st
     accepted = images[images["key"].isin(report.accepted_keys)]
     accepted_key = manifest.write_csv(objects, f"{report_prefix}/accepted.csv", accepted)
     objects.put_bytes(f"{report_prefix}/report.json", report.model_dump_json(indent=2).encode())
-    objects.put_bytes(f"{report_prefix}/report.md", report.summary_markdown().encode())
+    summary = report.summary_markdown()
+    objects.put_bytes(f"{report_prefix}/report.md", summary.encode())
     manifest.quarantine(objects, images, {r.key: r.reasons for r in report.rejected})
     docs_keys = objects.upload_dir(docs_dir, f"{report_prefix}/data_docs")
     docs_uri = objects.uri(f"{report_prefix}/data_docs/index.html") if docs_keys else ""
 
-    create_markdown_artifact(markdown=report.summary_markdown(), key=artifact_key("data-quality"))
+    create_markdown_artifact(markdown=summary, key=artifact_key("data-quality"))
     create_link_artifact(
         link=(docs_dir / "index.html").resolve().as_uri(),
         link_text="Great Expectations Data Docs (local copy)",
@@ -73,5 +74,5 @@ def check_images(manifest_key: str, settings: QualitySettings, report_prefix: st
         docs_uri=docs_uri,
         docs_local=str((docs_dir / "index.html").resolve()),
         warnings=[w.summary for w in report.warnings],
-        summary=report.summary_markdown(),
+        summary=summary,
     )

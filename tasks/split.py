@@ -35,8 +35,9 @@ def sort_images(
     docs_dir = local_docs_dir(report_prefix)
     report = validate_split(load_split(objects, dataset.split_key), accepted, quality, docs_dir)
     objects.upload_dir(docs_dir, f"{report_prefix}/data_docs")
-    objects.put_bytes(f"{report_prefix}/split-report.md", report.summary_markdown().encode())
-    create_markdown_artifact(markdown=report.summary_markdown(), key=artifact_key("split-quality"))
+    summary = report.summary_markdown()
+    objects.put_bytes(f"{report_prefix}/split-report.md", summary.encode())
+    create_markdown_artifact(markdown=summary, key=artifact_key("split-quality"))
     if report.near_duplicates:
         say(
             f"warning: {len(report.near_duplicates)} near-duplicate pair(s) across Train and Val "

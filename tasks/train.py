@@ -31,21 +31,19 @@ class TrainedModel(BaseModel):
     devices: list[str]
 
 
-def split_arrays(dataset: DatasetRef, split: str, image_size: int) -> SplitArrays:
-    """One split of a dataset as arrays, through the local per-dataset cache."""
+def split_arrays(dataset: DatasetRef, image_size: int, *splits: str) -> list[SplitArrays]:
+    """The named splits of a dataset as arrays, through the local per-dataset cache."""
     objects = store()
+    frame = load_split(objects, dataset.split_key)
     cache = get_settings().cache_dir / "datasets" / dataset.dataset_id
-    return load_split_arrays(
-        objects, load_split(objects, dataset.split_key), split, image_size, cache
-    )
+    return [load_split_arrays(objects, frame, split, image_size, cache) for split in splits]
 
 
 @task(name="train-model")
 def fit_model(dataset: DatasetRef, params: TrainParams, run_prefix: str) -> TrainedModel:
     """Train ``params.architecture`` on the dataset; stage model and history under ``run_prefix``."""
     objects = store()
-    train = split_arrays(dataset, TRAIN, params.image_size)
-    val = split_arrays(dataset, VAL, params.image_size)
+    train, val = split_arrays(dataset, params.image_size, TRAIN, VAL)
     say(
         f"training {params.architecture} on {len(train)} images ({params.epochs} epochs, "
         f"{params.image_size}px, batch {params.batch_size})"
