@@ -48,7 +48,7 @@ from __future__ import annotations
 import io
 import re
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -157,14 +157,18 @@ def _pillow_bomb_reason(exc: BaseException) -> str:
     return f"too many pixels ({_first_line(exc)}): refusing to decode"
 
 
-def _open_decoded(data: bytes, draft_size: int | None = None) -> Image.Image:
-    """Open and fully decode ``data``; raise :class:`_Bad` with a short reason on bad data."""
+def _open_decoded(
+    data: bytes, draft_size: int | None = None, max_pixels: int | None = None
+) -> Image.Image:
+    """Open and fully decode ``data``; raise :class:`_Bad` with a short reason on bad data.
+
+    ``max_pixels`` defaults to :data:`MAX_PIXELS` (read at call time)."""
     if len(data) == 0:
         raise _Bad("empty file (0 bytes)")
     if _is_dicom(data):
         raise _Bad("DICOM not supported; convert to PNG", format="DICOM")
 
-    limit = MAX_PIXELS
+    limit = MAX_PIXELS if max_pixels is None else max_pixels
     with warnings.catch_warnings():
         # Pillow warns between MAX_IMAGE_PIXELS and twice that; treat the warning as an error.
         # (catch_warnings is process-global; with threads the worst case is that this warning is
@@ -238,11 +242,11 @@ def _orientation(img: Image.Image) -> int:
         return 1
 
 
-def inspect_image(data: bytes) -> ImageFacts:
+def inspect_image(data: bytes, max_pixels: int | None = None) -> ImageFacts:
     """Describe an image file for the quality manifest. Decodes every pixel; never raises for
     bad data (the problem is in ``error`` and ``decodable`` is False)."""
     try:
-        img = _open_decoded(data)
+        img = _open_decoded(data, max_pixels=max_pixels)
     except _Bad as bad:
         return ImageFacts(
             format=bad.format,
@@ -271,6 +275,12 @@ def inspect_image(data: bytes) -> ImageFacts:
         error=None,
         dhash=perceptual,
     )
+
+
+def inspect_facts(data: bytes, max_pixels: int | None = None) -> dict:
+    """What :func:`inspect_image` finds in ``data``, as a plain dict (cheap to send between
+    processes; ingest decodes in worker processes, which is why the limit is an argument)."""
+    return asdict(inspect_image(data, max_pixels))
 
 
 # --------------------------------------------------------------------- perceptual hash

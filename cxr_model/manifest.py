@@ -14,16 +14,19 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import multiprocessing
+import os
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Collection, Iterable, Iterator
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from typing import TypeVar
 
 import pandas as pd
 
-from cxr_model.images import inspect_image
+from cxr_model import images as imaging
 from cxr_model.sources import SourceRecord
 from cxr_model.storage import AlreadyExists, ObjectStore
 
@@ -60,6 +63,9 @@ FACT_COLUMNS = [
 ]
 IMAGE_COLUMNS = INGEST_COLUMNS + FACT_COLUMNS
 PARALLEL_IO = 8
+# Decoding is CPU-bound and holds the GIL: it runs in worker processes, one per core, while
+# threads read and store bytes. "spawn" because the caller may already run threads (boto3, Prefect).
+INSPECT_PROCESSES = os.cpu_count() or 1
 
 
 def raw_key(sha256: str) -> str:
@@ -96,8 +102,13 @@ def _record_fields(record: SourceRecord) -> dict[str, str | None]:
     )
 
 
-def ingest_record(store: ObjectStore, record: SourceRecord) -> IngestedImage:
-    """Store one record's bytes under their sha256 unless already there (never twice)."""
+def ingest_record(
+    store: ObjectStore, record: SourceRecord, already_stored: Collection[str] = frozenset()
+) -> IngestedImage:
+    """Store one record's bytes under their sha256 unless already there (never twice).
+
+    The bytes are decoded in an inspection process while they are being stored.
+    """
     meta = _record_fields(record)
     key = f"{record.source}/{record.original_path}"
     try:
@@ -108,20 +119,56 @@ def ingest_record(store: ObjectStore, record: SourceRecord) -> IngestedImage:
             key=key, raw_key="", sha256="", read_error=error, facts=unread_facts(error), **meta
         )
     sha256 = hashlib.sha256(data).hexdigest()
-    facts = asdict(inspect_image(data))
+    inspection = _inspect_elsewhere(data)
     content_key = raw_key(sha256)
     stored_now = False
-    if not store.exists(content_key):
+    if content_key not in already_stored:
         try:
             store.put_bytes(
                 content_key, data, content_type="application/octet-stream", create_only=True
             )
             stored_now = True
         except AlreadyExists:
-            pass  # another run stored the same bytes meanwhile
+            pass  # stored before (or by another run meanwhile)
     return IngestedImage(
-        key=key, raw_key=content_key, sha256=sha256, stored_now=stored_now, facts=facts, **meta
+        key=key,
+        raw_key=content_key,
+        sha256=sha256,
+        stored_now=stored_now,
+        facts=_inspected(inspection, data),
+        **meta,
     )
+
+
+_pool_lock = threading.Lock()
+_inspection_pool: Executor | None = None
+
+
+def _inspect_elsewhere(data: bytes) -> Future[dict] | None:
+    """Start inspecting ``data`` in the shared process pool (None: inspect in this thread)."""
+    global _inspection_pool
+    if INSPECT_PROCESSES < 2:
+        return None
+    with _pool_lock:
+        if _inspection_pool is None:
+            _inspection_pool = ProcessPoolExecutor(
+                INSPECT_PROCESSES, mp_context=multiprocessing.get_context("spawn")
+            )
+        try:
+            return _inspection_pool.submit(imaging.inspect_facts, data, imaging.MAX_PIXELS)
+        except BrokenProcessPool:
+            _inspection_pool = None
+            return None
+
+
+def _inspected(inspection: Future[dict] | None, data: bytes) -> dict:
+    """The facts from the pool, or from this thread when there is no pool or it broke."""
+    if inspection is not None:
+        try:
+            return inspection.result()
+        except BrokenProcessPool:
+            pass  # a worker died (killed from outside): inspect here rather than lose the file
+    return imaging.inspect_facts(data)
 
 
 class IngestIndex:
@@ -196,7 +243,7 @@ def ingest(store: ObjectStore, records: Iterable[SourceRecord]) -> list[Ingested
                 facts=entry["facts"],
                 **_record_fields(record),
             )
-        image = ingest_record(store, record)
+        image = ingest_record(store, record, stored)
         if not image.read_error:
             with lock:
                 index.remember(record.original_path, fingerprint, image)
