@@ -81,6 +81,26 @@ def split_by_patient(images: pd.DataFrame, params: SplitParams) -> pd.Series:
     return assignment.loc[images.index]
 
 
+def patient_folds(images: pd.DataFrame, folds: int, seed: int) -> pd.Series:
+    """Cross-validation fold (0..folds-1) per image: stratified by label, grouped by patient, so
+    no patient's images are in two folds. Raises SplitError when a label has too few patients."""
+    groups = patient_groups(images)
+    for label, count in groups.groupby(images["label"]).nunique().items():
+        if count < folds:
+            raise SplitError(
+                f"label {label!r} has {count} patient(s); {folds}-fold cross-validation needs at "
+                f"least {folds}"
+            )
+    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    ordered = images.assign(_group=groups).sort_values(["_group", "sha256"])
+    fold = pd.Series(-1, index=ordered.index)
+    for number, (_, held_out) in enumerate(
+        splitter.split(ordered, ordered["label"], ordered["_group"])
+    ):
+        fold.iloc[held_out] = number
+    return fold.loc[images.index]
+
+
 def _suffix(fmt: str | None) -> str:
     return {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp", "TIFF": ".tif"}.get(
         fmt or "", ""

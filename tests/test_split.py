@@ -5,7 +5,15 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from cxr_model.split import TRAIN, VAL, SplitError, SplitParams, materialise, split_by_patient
+from cxr_model.split import (
+    TRAIN,
+    VAL,
+    SplitError,
+    SplitParams,
+    materialise,
+    patient_folds,
+    split_by_patient,
+)
 
 
 def images_of(patients: dict[str, tuple[str, int]]) -> pd.DataFrame:
@@ -75,3 +83,28 @@ def test_materialise_lays_out_the_study_folders(store):
     assert sum(sum(c.values()) for c in dataset.counts.values()) == 20
     one = next(k for k in image_keys if k.endswith("p3-01.png"))
     assert store.get_bytes(one) == b"raw/p3-01"
+
+
+def test_cross_validation_folds_never_share_a_patient(real_data):
+    manifest = pd.read_csv(real_data / "manifest.csv", dtype=str)
+    images = manifest.rename(columns={"orig_sha256": "sha256"})[["sha256", "label", "patient_id"]]
+    folds = patient_folds(images, 5, seed=3)
+    assert sorted(folds.unique()) == [0, 1, 2, 3, 4]
+    assert (images.assign(fold=folds).groupby("patient_id")["fold"].nunique() == 1).all()
+    # stratified: every fold holds both labels, and the folds are of similar size
+    assert (images.assign(fold=folds).groupby("fold")["label"].nunique() == 2).all()
+    sizes = folds.value_counts()
+    assert sizes.max() - sizes.min() < 0.1 * len(images)
+    assert (
+        patient_folds(images.sample(frac=1.0, random_state=1), 5, seed=3)
+        .loc[images.index]
+        .equals(folds)
+    )
+
+
+def test_cross_validation_needs_a_patient_per_fold_and_label():
+    images = images_of(
+        {"a": ("covid", 3), "b": ("covid", 1), "c": ("normal", 2), "d": ("normal", 1)}
+    )
+    with pytest.raises(SplitError, match="'covid' has 2 patient"):
+        patient_folds(images, 3, seed=0)
