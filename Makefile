@@ -7,7 +7,7 @@ RUN := $(UV) run --frozen --no-sync
 
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: install demo test lint bench ui store-stop clean
+.PHONY: install demo test lint bench ui up down store-stop clean
 
 install: .venv/.synced
 
@@ -33,6 +33,13 @@ bench: install
 
 ui: install
 	$(RUN) prefect server start --host 127.0.0.1 --port 4200
+
+# Prefect server + UI, embedded S3, a process worker and the deployments, all on 127.0.0.1.
+up: install
+	$(RUN) python -m deployments.stack up
+
+down: install
+	$(RUN) python -m deployments.stack down
 
 store-stop: install
 	$(RUN) cxr store stop

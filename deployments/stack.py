@@ -1,0 +1,297 @@
+"""The local stack behind ``make up`` / ``make down``, all on 127.0.0.1.
+
+``up`` starts, in this order: the embedded S3 store (unless cxr is configured for another one),
+a Prefect server with its UI (SQLite under ``<state_dir>/prefect``), the ``cxr-process`` work
+pool, the deployments of ``deployments/prefect.yaml``, and a process worker that runs them. It
+records what it started in ``<state_dir>/stack/stack.json``; ``down`` stops exactly those
+processes (by process id) and keeps every piece of data. Logs go to ``<state_dir>/logs/``.
+
+So that a fresh stack has something to retrain on and score, ``up`` also generates the synthetic
+sample (as ``make demo`` does) and copies its inbox to ``s3://<bucket>/inbox/`` once.
+
+    python -m deployments.stack up [--port 4200]
+    python -m deployments.stack down
+    python -m deployments.stack status
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import typer
+
+from cxr_model import embedded_store
+from cxr_model.config import Settings, get_settings
+from cxr_model.sample import SampleSpec, generate_sample
+from cxr_model.storage import open_store
+
+REPO = Path(__file__).resolve().parents[1]
+PREFECT_FILE = REPO / "deployments" / "prefect.yaml"
+WORK_POOL = "cxr-process"
+DEFAULT_PORT = 4200
+HEALTH_TIMEOUT_S = 240.0  # a Prefect server on 2 busy cores can take a minute or more
+STOP_TIMEOUT_S = 20.0
+INBOX_PREFIX = "inbox/"
+# Defaults for the "{{ $NAME }}" values in prefect.yaml; the environment overrides each.
+DEPLOY_DEFAULTS = {
+    "CXR_NIGHTLY_CRON": "0 2 * * *",
+    "CXR_NIGHTLY_TIMEZONE": "UTC",
+    "CXR_INBOX_EVERY_SECONDS": "600",
+}
+
+app = typer.Typer(add_completion=False, help=__doc__.split("\n\n")[0])
+
+
+@dataclass
+class StackState:
+    """What ``up`` started (process ids) and where the UI is."""
+
+    api_url: str
+    ui_url: str
+    server_pid: int
+    worker_pid: int
+    started_store: bool
+    started_at: str
+
+
+def _stack_file(settings: Settings) -> Path:
+    return settings.state_dir / "stack" / "stack.json"
+
+
+def prefect_env(settings: Settings, port: int) -> dict[str, str]:
+    """The environment of the server, the worker, ``prefect deploy`` and the flow runs."""
+    env = dict(os.environ)
+    env.update(
+        PREFECT_HOME=str(settings.state_dir / "prefect"),
+        PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_UI_URL=f"http://127.0.0.1:{port}",
+        CXR_STATE_DIR=str(settings.state_dir),
+        CXR_REPO_DIR=str(REPO),
+        CXR_NIGHTLY_SOURCE=env.get(
+            "CXR_NIGHTLY_SOURCE", f"folder:{settings.state_dir / 'sample' / 'train'}"
+        ),
+    )
+    for name, value in DEPLOY_DEFAULTS.items():
+        env.setdefault(name, value)
+    return env
+
+
+def _prefect(*args: str) -> list[str]:
+    return [sys.executable, "-m", "prefect", *args]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _start(command: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen:
+    """Start a long-running process in its own session (so ``down`` can stop its children)."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            command,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            cwd=REPO,
+            start_new_session=True,
+        )
+
+
+def wait_healthy(api_url: str, process: subprocess.Popen, log: Path) -> None:
+    """Block until the Prefect API answers, or fail naming the log to read."""
+    deadline = time.monotonic() + HEALTH_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the Prefect server exited ({process.returncode}); see {log}")
+        try:
+            if httpx.get(f"{api_url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise RuntimeError(f"the Prefect server did not answer in {HEALTH_TIMEOUT_S:.0f} s; see {log}")
+
+
+def _run(command: list[str], env: dict[str, str], log: Path) -> None:
+    """Run a short command, appending its output to ``log``; fail naming the log."""
+    with log.open("ab") as out:
+        done = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+    if done.returncode:
+        raise RuntimeError(f"{' '.join(command[2:])} failed ({done.returncode}); see {log}")
+
+
+def seed_sample(settings: Settings) -> None:
+    """The synthetic sample under the state folder, and its inbox in the store (each once)."""
+    sample = generate_sample(settings.state_dir / "sample", SampleSpec())
+    store = open_store(settings)
+    if any(True for _ in store.list_keys(INBOX_PREFIX)):
+        return
+    for path in sorted(sample.inbox_dir.iterdir()):
+        store.put_file(f"{INBOX_PREFIX}{path.name}", path)
+
+
+def next_run(cron: str, timezone: str) -> datetime:
+    """When a cron schedule fires next, as Prefect's scheduler computes it."""
+    from prefect.server.schemas.schedules import CronSchedule
+
+    dates = asyncio.run(CronSchedule(cron=cron, timezone=timezone).get_dates(n=1))
+    return dates[0]
+
+
+def read_state(settings: Settings) -> StackState | None:
+    path = _stack_file(settings)
+    if not path.exists():
+        return None
+    return StackState(**json.loads(path.read_text()))
+
+
+def up(port: int = DEFAULT_PORT, settings: Settings | None = None) -> StackState:
+    """Start everything (see the module docstring); an already running stack is reused."""
+    settings = settings or get_settings()
+    running = read_state(settings)
+    if running and _alive(running.server_pid) and _alive(running.worker_pid):
+        return running
+    logs = settings.state_dir / "logs"
+    started_store = False
+    if settings.embedded:
+        started_store = embedded_store.status(settings.state_dir) is None
+        embedded_store.ensure_running(settings.state_dir)
+    seed_sample(settings)
+    env = prefect_env(settings, port)
+    server = _start(
+        _prefect("server", "start", "--host", "127.0.0.1", "--port", str(port)),
+        logs / "prefect-server.log",
+        env,
+    )
+    worker = None
+    try:
+        wait_healthy(env["PREFECT_API_URL"], server, logs / "prefect-server.log")
+        deploy_log = logs / "prefect-deploy.log"
+        _run(
+            _prefect("work-pool", "create", WORK_POOL, "--type", "process", "--overwrite"),
+            env,
+            deploy_log,
+        )
+        _run(
+            _prefect("--no-prompt", "deploy", "--all", "--prefect-file", str(PREFECT_FILE)),
+            env,
+            deploy_log,
+        )
+        worker = _start(
+            _prefect("worker", "start", "--pool", WORK_POOL, "--type", "process"),
+            logs / "prefect-worker.log",
+            env,
+        )
+    except BaseException:
+        for process in (worker, server):
+            if process is not None:
+                _stop(process.pid)
+        raise
+    state = StackState(
+        api_url=env["PREFECT_API_URL"],
+        ui_url=env["PREFECT_UI_URL"],
+        server_pid=server.pid,
+        worker_pid=worker.pid,
+        started_store=started_store,
+        started_at=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+    path = _stack_file(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(asdict(state), indent=2))
+    return state
+
+
+def _stop(pid: int) -> None:
+    """SIGTERM the process group, then SIGKILL whatever is left after a grace period."""
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        try:
+            os.waitpid(pid, os.WNOHANG)  # reap it when it is our own child
+        except ChildProcessError:
+            pass
+        if not _alive(pid):
+            return
+        time.sleep(0.2)
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def down(settings: Settings | None = None) -> list[str]:
+    """Stop what ``up`` started, worker first; data stays. Returns what was stopped."""
+    settings = settings or get_settings()
+    state = read_state(settings)
+    stopped = []
+    if state:
+        for name, pid in (("worker", state.worker_pid), ("prefect server", state.server_pid)):
+            if _alive(pid):
+                _stop(pid)
+                stopped.append(f"{name} (pid {pid})")
+        if state.started_store and embedded_store.stop(settings.state_dir):
+            stopped.append("embedded S3 store")
+        _stack_file(settings).unlink()
+    return stopped
+
+
+@app.command("up")
+def up_command(
+    port: int = typer.Option(DEFAULT_PORT, envvar="CXR_PREFECT_PORT", help="Prefect API/UI port."),
+) -> None:
+    """Start the local stack and print where to look."""
+    state = up(port)
+    env = prefect_env(get_settings(), port)
+    when = next_run(env["CXR_NIGHTLY_CRON"], env["CXR_NIGHTLY_TIMEZONE"])
+    typer.echo(
+        f"Prefect UI:        {state.ui_url}\n"
+        f"nightly-retrain:   next run {when.isoformat()} ({env['CXR_NIGHTLY_TIMEZONE']})\n"
+        f"worker:            pool {WORK_POOL} (pid {state.worker_pid})\n"
+        f"for cxr commands:  export PREFECT_API_URL={state.api_url}\n"
+        f"logs:              {get_settings().state_dir / 'logs'}\n"
+        "stop with:         make down"
+    )
+
+
+@app.command("down")
+def down_command() -> None:
+    """Stop the local stack (data kept)."""
+    stopped = down()
+    typer.echo("stopped: " + ", ".join(stopped) if stopped else "nothing was running")
+
+
+@app.command("status")
+def status_command() -> None:
+    """Say whether the stack runs, and where."""
+    state = read_state(get_settings())
+    if state is None:
+        typer.echo("not running (make up starts it)")
+        raise typer.Exit(1)
+    alive = {"server": _alive(state.server_pid), "worker": _alive(state.worker_pid)}
+    typer.echo(json.dumps(asdict(state) | {"alive": alive}, indent=2))
+
+
+if __name__ == "__main__":
+    app()

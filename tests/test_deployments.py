@@ -1,0 +1,208 @@
+"""Deployments: the project's own definitions, checked as far as this machine can.
+
+- ``deployments/prefect.yaml``: every entrypoint loads a flow, the schedules and concurrency
+  limits are what the README promises, and every ``{{ $NAME }}`` has a default in the stack.
+- The Docker and Kubernetes GPU job templates: every placeholder is a declared variable, the
+  defaults satisfy the variables' JSON schema, and rendered with them the job asks for GPUs.
+  (Docker and Kubernetes are not available here, so the templates are never run.)
+- The Dockerfile copies only paths that exist.
+- The local stack end to end: a real Prefect server on a free port, the deployments registered
+  from prefect.yaml, a process worker; a score-folder run triggered through the API with
+  parameters (as the UI's form does) completes with its artifacts, and a bad form value is refused.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import time
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from deployments import stack
+
+REPO = Path(__file__).resolve().parents[1]
+TEMPLATES = REPO / "deployments" / "job-templates"
+ENV_PLACEHOLDER = re.compile(r"\{\{\s*\$(\w+)\s*\}\}")
+RUN_TIMEOUT_S = 600
+
+
+def prefect_yaml() -> dict:
+    return yaml.safe_load(stack.PREFECT_FILE.read_text())
+
+
+def deployment(name: str) -> dict:
+    return next(d for d in prefect_yaml()["deployments"] if d["name"] == name)
+
+
+def test_every_entrypoint_loads_a_flow():
+    from prefect.flows import load_flow_from_entrypoint
+
+    names = {}
+    for spec in prefect_yaml()["deployments"]:
+        flow = load_flow_from_entrypoint(str(REPO / spec["entrypoint"]))
+        names[spec["name"]] = flow.name
+    assert names == {
+        "nightly-retrain": "retrain",
+        "score-folder": "score-folder",
+        "score-inbox": "score-inbox",
+    }
+
+
+def test_schedules_and_concurrency_limits():
+    nightly = deployment("nightly-retrain")
+    assert nightly["schedules"][0]["cron"] == "{{ $CXR_NIGHTLY_CRON }}"
+    assert stack.DEPLOY_DEFAULTS["CXR_NIGHTLY_CRON"] == "0 2 * * *"
+    assert nightly["concurrency_limit"] == {"limit": 1, "collision_strategy": "ENQUEUE"}
+    assert "schedules" not in deployment("score-folder")
+    inbox = deployment("score-inbox")
+    assert inbox["concurrency_limit"]["limit"] == 1
+    assert int(stack.DEPLOY_DEFAULTS["CXR_INBOX_EVERY_SECONDS"]) > 0
+
+
+def test_every_environment_value_in_prefect_yaml_has_a_default(settings):
+    used = set(ENV_PLACEHOLDER.findall(json.dumps(prefect_yaml())))
+    env = stack.prefect_env(settings, 4200)
+    assert used and used <= set(env), f"no default for {sorted(used - set(env))}"
+
+
+def test_next_nightly_run_honours_the_timezone():
+    utc = stack.next_run("0 2 * * *", "UTC")
+    berlin = stack.next_run("0 2 * * *", "Europe/Berlin")
+    assert (utc.hour, utc.minute) == (2, 0)
+    assert berlin.astimezone(utc.tzinfo).hour in (0, 1)  # 02:00 in Berlin is 00:00/01:00 UTC
+
+
+@pytest.mark.parametrize("name", ["kubernetes-gpu.json", "docker-gpu.json"])
+def test_gpu_job_templates_are_consistent(name):
+    from prefect.utilities.templating import apply_values, find_placeholders
+
+    template = json.loads((TEMPLATES / name).read_text())
+    variables = template["variables"]
+    declared = set(variables["properties"])
+    used = {p.name for p in find_placeholders(template["job_configuration"])}
+    assert used <= declared, f"undeclared: {sorted(used - declared)}"
+    defaults = {k: v["default"] for k, v in variables["properties"].items() if "default" in v}
+    jsonschema.validate(defaults, variables)
+    rendered = apply_values(template["job_configuration"], defaults)
+    if name.startswith("kubernetes"):
+        container = rendered["job_manifest"]["spec"]["template"]["spec"]["containers"][0]
+        assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+        assert container["image"] == "cxr:gpu"
+    else:
+        request = rendered["container_create_kwargs"]["device_requests"][0]
+        assert request["Count"] == -1 and request["Capabilities"] == [["gpu"]]
+
+
+def test_dockerfile_copies_only_what_exists():
+    dockerfile = (REPO / "deployments" / "docker" / "Dockerfile").read_text()
+    sources = [line.split()[1:-1] for line in dockerfile.splitlines() if line.startswith("COPY")]
+    paths = {path for group in sources for path in group}
+    assert {"uv.lock", "cxr_model", "flows", "tasks", "expectations"} <= paths
+    assert all((REPO / path).exists() for path in paths), paths
+    assert {"AS cpu", "AS gpu"} <= {m for m in ("AS cpu", "AS gpu") if m in dockerfile}
+
+
+def png_bytes(seed: int) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 255, (40, 40), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def tiny_champion(settings, tmp_path):
+    """A small registered model as champion, so score-folder has something to run."""
+    from cxr_model.model import build_model
+    from cxr_model.registry import CHAMPION, Registry
+    from cxr_model.storage import open_store
+
+    path = tmp_path / "tiny.keras"
+    build_model("seed_cnn", 32).save(path)
+    models = Registry(open_store(settings), settings.model_name, settings.cache_dir)
+    card = models.register(
+        path,
+        threshold=0.5,
+        metrics={},
+        training={},
+        parameters={"training": {"image_size": 32}},
+        dataset_id="test",
+    )
+    models.set_alias(CHAMPION, card.version, reason="test")
+    return card.version
+
+
+@pytest.mark.integration
+def test_score_folder_through_the_local_stack(settings, tiny_champion, tmp_path):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from cxr_model.embedded_store import free_ports
+
+    folder = tmp_path / "to-score"
+    folder.mkdir()
+    for n in range(5):
+        (folder / f"x{n}.png").write_bytes(png_bytes(n))
+    (folder / "notes.txt").write_text("not an x-ray")
+
+    port = free_ports(1)[0]
+    state = stack.up(port, settings)
+    try:
+        assert stack.read_state(settings) == state
+        with (
+            temporary_settings({PREFECT_API_URL: state.api_url}),
+            get_client(sync_client=True) as client,
+        ):
+            names = {d.name for d in client.read_deployments()}
+            assert names == {"nightly-retrain", "score-folder", "score-inbox"}
+            nightly = client.read_deployment_by_name("retrain/nightly-retrain")
+            assert nightly.schedules[0].schedule.cron == "0 2 * * *"
+            score = client.read_deployment_by_name("score-folder/score-folder")
+
+            # the UI's form posts a parameters document; the server checks it against the schema
+            with pytest.raises(Exception, match="threshold|1.5|validation"):
+                client.create_flow_run_from_deployment(
+                    score.id, parameters={"params": {"input": str(folder), "threshold": 1.5}}
+                )
+
+            run = client.create_flow_run_from_deployment(
+                score.id, parameters={"params": {"input": str(folder), "chunk_size": 4}}
+            )
+            deadline = time.monotonic() + RUN_TIMEOUT_S
+            while not (run := client.read_flow_run(run.id)).state.is_final():
+                assert time.monotonic() < deadline, f"still {run.state.name}"
+                time.sleep(2)
+            assert run.state.is_completed(), run.state.message
+            assert run.name.startswith("score-to-score-")
+            assert "1 error" in (run.state.message or "")
+            artifacts = client.read_artifacts(
+                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]))
+            )
+            kinds = {a.type for a in artifacts}
+            assert {"markdown", "table", "link"} <= kinds
+    finally:
+        stopped = stack.down(settings)
+    assert any("worker" in s for s in stopped) and any("prefect server" in s for s in stopped)
+    assert stack.read_state(settings) is None
+
+
+def test_failed_nightly_automation_is_a_valid_prefect_automation():
+    from prefect.events.actions import SendNotification
+    from prefect.events.schemas.automations import AutomationCore, EventTrigger
+
+    path = REPO / "deployments" / "automations" / "nightly-retrain-failed.yaml"
+    automation = AutomationCore.model_validate(yaml.safe_load(path.read_text()))
+    assert isinstance(automation.trigger, EventTrigger)
+    assert automation.trigger.expect == {"prefect.flow-run.Failed", "prefect.flow-run.Crashed"}
+    related = automation.trigger.match_related
+    related = related[0] if isinstance(related, list) else related
+    assert related["prefect.resource.name"] in ("nightly-retrain", ["nightly-retrain"])
+    (action,) = automation.actions
+    assert isinstance(action, SendNotification) and "flow_run.name" in action.subject
