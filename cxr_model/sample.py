@@ -8,8 +8,10 @@ downloading anything:
 - a dark background, a bright torso silhouette with neck and shoulders, a bright spine and
   mediastinum, a heart shadow, two darker lung fields ending at domed hemidiaphragms,
   clavicles, curved rib-like periodic bands, soft "vessel" texture and noise;
-- every patient gets their own body size, position, lung shape, rib spacing and exposure,
-  and every image of that patient a little jitter on top (position, exposure, noise);
+- every patient gets their own body size, position, lung shape, rib spacing and exposure, and
+  an uneven soft-tissue thickness of their own (outside the lungs), so no two patients'
+  images are perceptual near-duplicates; every image of that patient gets a little jitter on
+  top (position, exposure, noise);
 - the ``covid`` class adds diffuse patchy opacities: soft, blurred, textured patches in the
   lower and peripheral lung fields, mostly on both sides, where the dark (aerated) lung is
   filled in towards soft-tissue brightness (ground glass to consolidation). ``normal`` lungs
@@ -68,6 +70,9 @@ _README = "README.txt"
 _README_MARKER = "cxr SYNTHETIC sample"
 _INBOX_TRUTH = "inbox_labels.csv"
 _GRID = 128  # the anatomy is drawn at most this many px wide, then upscaled
+HABITUS_CELLS = 6
+HABITUS_AMPLITUDE = 0.15
+HABITUS_BACKGROUND = 0.02
 
 
 @dataclass(frozen=True)
@@ -128,6 +133,7 @@ class _Patient:
     tissue: float  # soft-tissue density
     exposure: float  # target mean brightness, 0..255
     contrast: float
+    habitus_seed: int  # this patient's own uneven soft-tissue thickness (a smooth field)
 
 
 def _patient(seed: int, cls: str, index: int) -> _Patient:
@@ -151,6 +157,7 @@ def _patient(seed: int, cls: str, index: int) -> _Patient:
         tissue=u(0.5, 0.6),
         exposure=float(exposure),
         contrast=u(0.85, 1.15),
+        habitus_seed=int(rng.integers(2**31)),
     )
 
 
@@ -249,7 +256,13 @@ def _density(rng: np.random.Generator, p: _Patient, size: int, covid: bool) -> n
     if covid:
         aerated = lungs_visible * (1.0 - _opacities(rng, x, vv, p, size))
 
-    density = 0.05 + p.tissue * body + 0.42 * arms
+    # Every body is uneven in its own way: a smooth, patient-specific thickness field, the same
+    # in all of the patient's images, so two patients never look like copies of each other.
+    habitus = _smooth_noise(np.random.default_rng(p.habitus_seed), size, HABITUS_CELLS)
+    # It is kept out of the lung fields, where the classes differ.
+    habitus *= 1.0 - lungs
+    density = 0.05 + p.tissue * body * (1.0 + HABITUS_AMPLITUDE * habitus) + 0.42 * arms
+    density += HABITUS_BACKGROUND * habitus
     density += 0.15 * mediastinum * body + 0.08 * spine * body
     density -= (0.36 - 0.1 * base) * aerated
     density += p.contrast * (0.08 * ribs * (0.4 + 0.6 * lungs) + 0.09 * clavicles)
