@@ -46,7 +46,6 @@ INBOX_PREFIX = "inbox/"
 DEPLOY_DEFAULTS = {
     "CXR_NIGHTLY_CRON": "0 2 * * *",
     "CXR_NIGHTLY_TIMEZONE": "UTC",
-    "CXR_INBOX_EVERY_SECONDS": "600",
 }
 
 app = typer.Typer(add_completion=False, help=__doc__.split("\n\n")[0])

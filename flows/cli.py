@@ -230,21 +230,53 @@ def score(
     model: Annotated[str, typer.Option(help="Alias or version.")] = "champion",
     output: Annotated[str | None, typer.Option(help="Key prefix for the predictions.")] = None,
     threshold: Annotated[float | None, typer.Option(help="Override the card's threshold.")] = None,
+    chunk_size: Annotated[int | None, typer.Option(help="Images per scoring task.")] = None,
+    in_flight: Annotated[int | None, typer.Option(help="Chunks scored at once.")] = None,
+    task_runner: Annotated[
+        str | None,
+        typer.Option(help="threads (default), or dask: a local cluster or --dask-address."),
+    ] = None,
+    dask_address: Annotated[
+        str | None, typer.Option(help="Scheduler of a running Dask cluster.")
+    ] = None,
+    workers: Annotated[int | None, typer.Option(help="Workers of the local Dask cluster.")] = None,
     verbose: Verbose = False,
 ) -> None:
-    """Score every file under SOURCE with a registered model; write a predictions CSV."""
+    """Score every file under SOURCE with a registered model; write a predictions CSV.
+
+    Images this model version scored before (same bytes, any path) are not predicted again.
+    """
     _configure(verbose)
     from flows.score import ScoreParams, score_folder
 
     location = source if source.startswith("s3://") else os.path.abspath(source)
-    params = ScoreParams(input=location, model=model, output=output, threshold=threshold)
-    result = _run(f"scoring {source}…", lambda: score_folder(params))
+
+    options = {
+        "chunk_size": chunk_size,
+        "max_chunks_in_flight": in_flight,
+        "task_runner": task_runner,
+        "dask_address": dask_address,
+        "dask_workers": workers,
+    }
+    chosen = {name: value for name, value in options.items() if value is not None}
+
+    def run():
+        params = ScoreParams(
+            input=location, model=model, output=output, threshold=threshold, **chosen
+        )
+        return score_folder(params)
+
+    result = _run(f"scoring {source}…", run)
     s = result.summary
     reasons = ", ".join(f"{reason}: {count}" for reason, count in s["errors_by_reason"].items())
     console.print(
         f"{s['files']} files found, {s['scored']} scored, {s['errors']} errors"
         + (f" ({reasons})" if reasons else "")
         + f"; model version {result.model_version}"
+    )
+    console.print(
+        f"{s['predicted']} predicted now, {s['reused']} reused from earlier scoring, "
+        f"in {result.seconds:.1f} s"
     )
     console.print(f"predictions: {result.predictions_uri}")
 
@@ -258,16 +290,45 @@ def _registry():
     return Registry(open_store(settings), settings.model_name, settings.cache_dir)
 
 
-@registry_app.command("list")
-def registry_list(
-    as_json: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
-) -> None:
-    """Every registered version with its aliases and metrics."""
+AliasOption = Annotated[
+    str, typer.Option(help="Alias: lowercase letters, digits and dashes (e.g. champion, staging).")
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="JSON output.")]
+
+
+def _registry_call(call):
+    """Run a registry operation; a failure becomes one line a user can act on."""
     _configure(False)
     try:
-        rows = _registry().describe()
-    except Exception as exc:  # noqa: BLE001
+        return call()
+    except Exception as exc:  # noqa: BLE001 - every failure is reported the same way
         _fail(exc)
+
+
+def _metric(value) -> str:
+    """A metric for a table: three decimals, or a dash when the card has none."""
+    return f"{value:.3f}" if isinstance(value, int | float) else "-"
+
+
+def _moves_table(aliases) -> Table:
+    table = Table("alias", "moved at", "from", "to", "by", "reason")
+    for alias in aliases:
+        for move in alias.history:
+            table.add_row(
+                alias.alias,
+                move.moved_at.replace("T", " "),
+                "-" if move.previous_version is None else str(move.previous_version),
+                str(move.version),
+                move.moved_by,
+                move.reason,
+            )
+    return table
+
+
+@registry_app.command("list")
+def registry_list(as_json: JsonOption = False) -> None:
+    """Every registered version with its aliases and metrics."""
+    rows = _registry_call(lambda: _registry().describe())
     if as_json:
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
         return
@@ -278,8 +339,8 @@ def registry_list(
             str(row["version"]),
             ",".join(row["aliases"]),
             row["created_at"][:16].replace("T", " "),
-            f"{metrics.get('accuracy', 0):.3f}",
-            str(metrics.get("auc")),
+            _metric(metrics.get("accuracy")),
+            _metric(metrics.get("auc")),
             row["dataset_id"],
             f"{row['model_bytes'] / 1e6:.1f}",
         )
@@ -287,30 +348,98 @@ def registry_list(
 
 
 @registry_app.command("show")
-def registry_show(version: Annotated[str, typer.Argument(help="Version number or alias.")]) -> None:
-    """The full card of a version."""
-    _configure(False)
-    try:
+def registry_show(
+    version: Annotated[str, typer.Argument(help="Version number or alias.")],
+    as_json: JsonOption = False,
+) -> None:
+    """The card of a version, and the aliases that point at it with their history of moves."""
+    from cxr_model.registry import flatten
+
+    def load():
         models = _registry()
-        card = models.card(models.resolve(version))
-    except Exception as exc:  # noqa: BLE001
-        _fail(exc)
-    sys.stdout.write(card.model_dump_json(indent=2) + "\n")
+        number = models.resolve(version)
+        return models.card(number), models.aliases_of(number)
+
+    card, aliases = _registry_call(load)
+    if as_json:
+        shown = {"card": card.model_dump(), "aliases": [a.model_dump() for a in aliases]}
+        sys.stdout.write(json.dumps(shown, indent=2) + "\n")
+        return
+    console.print(
+        f"[bold]{card.name} version {card.version}[/bold] "
+        f"({', '.join(a.alias for a in aliases) or 'no alias'})",
+        highlight=False,
+    )
+    fields = Table("field", "value", show_header=False)
+    skipped = {"training", "name", "version"}  # training: per-epoch history, in the run's files
+    for name, value in flatten(card.model_dump(exclude=skipped)).items():
+        fields.add_row(name, str(value))
+    console.print(fields)
+    if aliases:
+        console.print(_moves_table(aliases))
 
 
 @registry_app.command("promote")
 def registry_promote(
-    version: Annotated[str, typer.Argument(help="Version number.")],
-    alias: Annotated[str, typer.Option(help="Alias to move.")] = "champion",
+    version: Annotated[str, typer.Argument(help="Version number (or an alias to copy).")],
+    alias: AliasOption = "champion",
+    reason: Annotated[str, typer.Option(help="Why, for the alias's history.")] = "promoted by hand",
 ) -> None:
-    """Point ALIAS (default champion) at VERSION."""
-    _configure(False)
-    try:
+    """Point ALIAS (default champion) at VERSION; the move is recorded in the alias's history."""
+
+    def promote():
         models = _registry()
-        moved = models.set_alias(alias, models.resolve(version), reason="promoted by hand")
-    except Exception as exc:  # noqa: BLE001
-        _fail(exc)
-    console.print(f"{alias} → version {moved.version} (was {moved.history[-1].previous_version})")
+        target = models.resolve(version)
+        return models.alias(alias), models.set_alias(alias, target, reason=reason)
+
+    before, moved = _registry_call(promote)
+    if before is not None and len(moved.history) == len(before.history):
+        console.print(f"{alias} already points at version {moved.version}; nothing recorded")
+        return
+    last = moved.history[-1]
+    was = "a new alias" if last.previous_version is None else f"was {last.previous_version}"
+    console.print(f"{alias} → version {moved.version} ({was})")
+
+
+@registry_app.command("rollback")
+def registry_rollback(alias: AliasOption = "champion") -> None:
+    """Move ALIAS back to the version it pointed to before its latest move.
+
+    Repeated rollbacks walk further back; the rollback is recorded as a move of its own.
+    """
+    moved = _registry_call(lambda: _registry().rollback(alias))
+    last = moved.history[-1]
+    console.print(f"{alias} → version {last.version} (rolled back from {last.previous_version})")
+
+
+@registry_app.command("diff")
+def registry_diff(
+    a: Annotated[str, typer.Argument(help="Version number or alias.")],
+    b: Annotated[str, typer.Argument(help="Version number or alias.")],
+    everything: Annotated[
+        bool, typer.Option("--all", help="Show equal fields too, not only differences.")
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Two versions' cards side by side: metrics, parameters, dataset, model, code, libraries."""
+
+    def compare():
+        models = _registry()
+        first, second = models.resolve(a), models.resolve(b)
+        return first, second, models.diff(first, second, everything=everything)
+
+    first, second, rows = _registry_call(compare)
+    if as_json:
+        shown = {"a": first, "b": second, "fields": [row.model_dump() for row in rows]}
+        sys.stdout.write(json.dumps(shown, indent=2) + "\n")
+        return
+    if not rows:
+        console.print(f"versions {first} and {second} have the same card fields")
+        return
+    table = Table("field", f"version {first}", f"version {second}")
+    for row in rows:
+        table.add_row(row.field, str(row.a), str(row.b))
+    console.print(table)
 
 
 @store_app.command("status")

@@ -1,25 +1,63 @@
-"""The scoring flow: resolve the model → score the folder in chunks → merge the predictions."""
+"""The scoring flows: resolve the model → score the files in chunks → merge the predictions.
+
+``score-folder`` scores every file under a folder or ``s3://`` prefix. ``score-inbox`` scores the
+files under an inbox prefix whose content the chosen model (the champion by default) has not
+scored yet, and leaves the others out of its table. Both work the same way:
+
+- The listing is streamed into chunks of ``chunk_size`` files, one ``score-chunk`` task each, with
+  at most ``max_chunks_in_flight`` chunks submitted and unfinished at a time (so memory stays flat
+  however large the folder). Each chunk writes its rows as it finishes, and reuses the scores
+  stored for contents the model has seen before (see :mod:`cxr_model.scoring`); a rerun predicts
+  nothing twice, and a killed run resumes where it stopped.
+- Where the chunk tasks run is ``task_runner``: ``threads`` (default) in this process;
+  ``dask`` on a Dask cluster through prefect-dask, either a temporary in-process cluster of
+  ``dask_workers`` workers (threads, which share this process's settings and loaded model) or
+  the running cluster at ``dask_address``, whose workers need the same ``CXR_*``/``AWS_*``
+  environment and ``PREFECT_API_URL``. A flow's task runner is fixed when the flow starts, so the
+  chunks run in a ``score-chunks`` subflow given the chosen runner (``flow.with_options``); the
+  parameter works the same from the CLI, a deployment or Python.
+- A run with files that could not be scored completes; its summary artifact and its final state
+  message say how many, and why.
+"""
 
 from __future__ import annotations
 
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import PurePosixPath
+from typing import Literal, TypeVar
 
 from prefect import flow
+from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
-from pydantic import BaseModel, Field
+from prefect.states import Completed, State
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
+from prefect_dask import DaskTaskRunner
+from pydantic import BaseModel, Field, field_validator, model_validator
 
+from cxr_model.registry import CHAMPION
 from cxr_model.scoring import ScoreSummary, chunked, list_inputs
 from tasks.common import run_prefix, store
-from tasks.scoring import merge_predictions, resolve_model, score_chunk
+from tasks.scoring import (
+    ChunkResult,
+    ModelChoice,
+    publish_predictions,
+    resolve_model,
+    score_chunk,
+)
+
+INBOX_PREFIX = "inbox/"
+R = TypeVar("R")
 
 
-class ScoreParams(BaseModel):
-    """A scoring request, as the CLI and the Prefect UI form fill it in."""
+class ScoringOptions(BaseModel):
+    """How to score: which model, where the predictions go, and how the work is spread."""
 
-    input: str = Field(description="Folder to score: a local path or s3://bucket/prefix.")
     model: str = Field(
-        default="champion", description="Model alias (champion, ...) or version number."
+        default=CHAMPION, description="Model alias (champion, ...) or version number."
     )
     output: str | None = Field(
         default=None,
@@ -29,12 +67,71 @@ class ScoreParams(BaseModel):
         default=None, ge=0, le=1, description="Decision threshold; default the model card's."
     )
     chunk_size: int = Field(default=256, ge=1, le=10_000, description="Images per scoring task.")
+    max_chunks_in_flight: int = Field(
+        default=4, ge=1, le=1_000, description="Chunks scored at once (bounds memory)."
+    )
+    task_runner: Literal["threads", "dask"] = Field(
+        default="threads",
+        description="Where chunk tasks run: threads of this process, or a Dask cluster.",
+    )
+    dask_address: str | None = Field(
+        default=None,
+        description="Scheduler of a running Dask cluster (tcp://host:8786); default a temporary "
+        "local cluster.",
+    )
+    dask_workers: int = Field(
+        default=2, ge=1, le=256, description="Workers of the temporary local Dask cluster."
+    )
+
+    @field_validator("output")
+    @classmethod
+    def _key_prefix(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        prefix = value.strip().strip("/")
+        if not prefix or prefix.startswith("s3:"):
+            raise ValueError(
+                f"output {value!r} must be a key prefix inside the cxr bucket, e.g. runs/score/nightly"
+            )
+        return prefix
+
+    @model_validator(mode="after")
+    def _address_needs_dask(self) -> ScoringOptions:
+        if self.dask_address and self.task_runner != "dask":
+            raise ValueError("dask_address is used only with task_runner='dask'")
+        return self
+
+
+class ScoreParams(ScoringOptions):
+    """A scoring request, as the CLI and the Prefect UI form fill it in."""
+
+    input: str = Field(description="Folder to score: a local path or s3://bucket/prefix.")
+
+    @field_validator("input")
+    @classmethod
+    def _named(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("input must name a folder or an s3://bucket/prefix to score")
+        return value.strip()
+
+
+class InboxParams(ScoringOptions):
+    """A request to score what is new in an inbox."""
+
+    inbox: str | None = Field(
+        default=None,
+        description="Inbox to score: s3://bucket/prefix/ or a folder; default s3://<bucket>/inbox/.",
+    )
 
 
 class ScoreResult(BaseModel):
+    """Where a scoring run's predictions are, and what it did."""
+
     model_version: int
     predictions_uri: str
     summary: dict
+    seconds: float
+    message: str
 
 
 def _run_name() -> str:
@@ -46,22 +143,109 @@ def _run_name() -> str:
     return f"score-{folder}-{datetime.now(UTC):%Y-%m-%d-%H%M%S}"
 
 
+def _inbox_run_name() -> str:
+    return f"score-inbox-{datetime.now(UTC):%Y-%m-%d-%H%M%S}"
+
+
+def _chunks_run_name() -> str:
+    return f"{PurePosixPath(flow_run.parameters['prefix']).name}-chunks"
+
+
+def task_runner_for(options: ScoringOptions) -> TaskRunner:
+    """The task runner ``options`` ask for (see the module docstring)."""
+    if options.task_runner == "threads":
+        return ThreadPoolTaskRunner(max_workers=options.max_chunks_in_flight)
+    if options.dask_address:
+        return DaskTaskRunner(address=options.dask_address)
+    return DaskTaskRunner(
+        cluster_kwargs={
+            "n_workers": options.dask_workers,
+            "threads_per_worker": 1,
+            "processes": False,
+            "dashboard_address": None,
+        }
+    )
+
+
+def results_in_order(futures: Iterator[PrefectFuture[R]], window: int) -> Iterator[R]:
+    """Results of lazily submitted futures, in order, with at most ``window`` unfinished."""
+    pending: deque[PrefectFuture[R]] = deque()
+    for future in futures:
+        pending.append(future)
+        if len(pending) >= window:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
+@flow(name="score-chunks", flow_run_name=_chunks_run_name)
+def score_chunks(
+    location: str,
+    model: ModelChoice,
+    prefix: str,
+    chunk_size: int,
+    in_flight: int,
+    run: str,
+    only_new: bool,
+) -> list[ChunkResult]:
+    """Score the files under ``location`` chunk by chunk, ``in_flight`` chunks at a time."""
+    chunks = chunked(list_inputs(location, store()), chunk_size)
+    submitted = (
+        score_chunk.submit(paths, model, f"{prefix}/chunks/{number:05d}.csv", run, only_new)
+        for number, paths in enumerate(chunks)
+    )
+    return list(results_in_order(submitted, in_flight))
+
+
+def _message(summary: ScoreSummary, model: ModelChoice) -> str:
+    """The final state message: what was scored, and how many files could not be."""
+    text = f"scored {summary.scored} of {summary.files} files with {model.name} v{model.version}"
+    if summary.errors:
+        reasons = ", ".join(f"{k}: {v}" for k, v in sorted(summary.errors_by_reason.items()))
+        plural = "" if summary.errors == 1 else "s"
+        text += f"; {summary.errors} error{plural} ({reasons})"
+    if summary.skipped:
+        text += f"; {summary.skipped} skipped as already scored"
+    return text + f"; {summary.predicted} predicted now, {summary.reused} reused"
+
+
+def _score(location: str, options: ScoringOptions, title: str, only_new: bool) -> State:
+    """Resolve the model → score the chunks on the chosen runner → merge; a Completed state."""
+    started = time.monotonic()
+    prefix = options.output or run_prefix("score")
+    model = resolve_model(options.model, options.threshold)
+    chunks = score_chunks.with_options(task_runner=task_runner_for(options))(
+        location,
+        model,
+        prefix,
+        options.chunk_size,
+        options.max_chunks_in_flight,
+        str(flow_run.get_id()),
+        only_new,
+    )
+    output_key = f"{prefix}/predictions.csv"
+    seconds = time.monotonic() - started
+    summary = publish_predictions(chunks, model, output_key, title, seconds)
+    result = ScoreResult(
+        model_version=model.version,
+        predictions_uri=store().uri(output_key),
+        summary=asdict(summary),
+        seconds=seconds,
+        message=_message(summary, model),
+    )
+    # A Completed state carries the message to the run's final state; callers get ``result``.
+    return Completed(message=result.message, data=result)
+
+
 @flow(name="score-folder", flow_run_name=_run_name)
 def score_folder(params: ScoreParams) -> ScoreResult:
     """Score every file under ``params.input`` with a registered model."""
-    prefix = params.output or run_prefix("score")
-    model = resolve_model(params.model, params.threshold)
-    chunk_keys = [
-        score_chunk(paths, model, f"{prefix}/chunks/{number:05d}.csv")
-        for number, paths in enumerate(
-            chunked(list_inputs(params.input, store()), params.chunk_size)
-        )
-    ]
-    summary: ScoreSummary = merge_predictions(
-        chunk_keys, f"{prefix}/predictions.csv", f"Scored {params.input}"
-    )
-    return ScoreResult(
-        model_version=model.version,
-        predictions_uri=store().uri(f"{prefix}/predictions.csv"),
-        summary=summary.__dict__,
-    )
+    return _score(params.input, params, f"Scored {params.input}", only_new=False)
+
+
+@flow(name="score-inbox", flow_run_name=_inbox_run_name)
+def score_inbox(params: InboxParams | None = None) -> ScoreResult:
+    """Score the files in the inbox that the model has not scored yet."""
+    params = params or InboxParams()
+    inbox = params.inbox or store().uri(INBOX_PREFIX)
+    return _score(inbox, params, f"Scored new files in {inbox}", only_new=True)

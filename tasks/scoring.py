@@ -4,15 +4,12 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-import keras
-import pandas as pd
 from prefect import task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from pydantic import BaseModel
 
 from cxr_model import scoring
 from cxr_model.config import get_settings
-from cxr_model.manifest import read_csv
 from cxr_model.registry import ModelCard
 from tasks.common import TRANSIENT_RETRIES, artifact_key, say, store
 from tasks.registry import registry
@@ -23,18 +20,27 @@ PREVIEW_ROWS = 20
 class ModelChoice(BaseModel):
     """The version a scoring run uses, and how it reads its inputs."""
 
+    name: str
     version: int
     image_size: int
     threshold: float
 
 
+class ChunkResult(BaseModel):
+    """Where one chunk's rows are, and its counts."""
+
+    key: str
+    summary: scoring.ScoreSummary
+
+
 @lru_cache(maxsize=2)
-def _load_cached(settings_json: str, version: int) -> tuple[keras.Model, ModelCard]:
-    return registry().load(version)
+def _load_cached(settings_json: str, version: int) -> tuple[scoring.Predict, ModelCard]:
+    model, card = registry().load(version)
+    return scoring.keras_predictor(model), card
 
 
-def _loaded(version: int) -> tuple[keras.Model, ModelCard]:
-    """A registered model, loaded once per process and store."""
+def _loaded(version: int) -> tuple[scoring.Predict, ModelCard]:
+    """A registered model's predict function, loaded once per process and store."""
     return _load_cached(get_settings().model_dump_json(), version)
 
 
@@ -44,6 +50,7 @@ def resolve_model(ref: str, threshold: float | None) -> ModelChoice:
     version = registry().resolve(ref)
     _, card = _loaded(version)
     return ModelChoice(
+        name=card.name,
         version=version,
         image_size=int(card.parameters["training"]["image_size"]),
         threshold=card.threshold if threshold is None else threshold,
@@ -51,51 +58,69 @@ def resolve_model(ref: str, threshold: float | None) -> ModelChoice:
 
 
 @task(name="score-chunk", **TRANSIENT_RETRIES)
-def score_chunk(paths: list[str], model: ModelChoice, chunk_key: str) -> str:
-    """Score one chunk of files and write its rows to ``chunk_key``; returns the key."""
+def score_chunk(
+    paths: list[str], model: ModelChoice, chunk_key: str, run: str, only_new: bool = False
+) -> ChunkResult:
+    """Score one chunk of files (reusing stored scores) and write its rows to ``chunk_key``."""
     objects = store()
-    keras_model, _ = _loaded(model.version)
-    predictions = scoring.score_files(
+    predict, _ = _loaded(model.version)
+    scored = scoring.score_chunk(
         paths,
         objects,
-        keras_model,
-        model_version=model.version,
+        scoring.ScoreStore(objects, model.name, model.version),
+        predict,
         image_size=model.image_size,
         threshold=model.threshold,
+        run=run,
+        only_new=only_new,
     )
-    objects.put_bytes(chunk_key, scoring.frame_to_csv_bytes(scoring.predictions_frame(predictions)))
-    return chunk_key
+    table = scoring.frame_to_csv_bytes(scoring.predictions_frame(scored.predictions))
+    objects.put_bytes(chunk_key, table, content_type="text/csv")
+    return ChunkResult(key=chunk_key, summary=scored.summary)
 
 
-@task(name="merge-predictions", **TRANSIENT_RETRIES)
-def merge_predictions(chunk_keys: list[str], output_key: str, title: str) -> scoring.ScoreSummary:
-    """Concatenate chunk results into one predictions CSV and publish a summary."""
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{name} {count}" for name, count in sorted(counts.items())) or "none"
+
+
+def summary_markdown(
+    title: str, summary: scoring.ScoreSummary, model: ModelChoice, uri: str, seconds: float
+) -> str:
+    """The run's summary for people: counts, model, speed and where the predictions are."""
+    rate = (summary.files + summary.skipped) / seconds if seconds > 0 else 0.0
+    rows = [
+        ("model", f"{model.name} version {model.version}, threshold {model.threshold:g}"),
+        ("files", f"{summary.files} in the table, {summary.skipped} skipped as already scored"),
+        ("scored", f"{summary.scored} ({_counts(summary.by_label)})"),
+        ("errors", f"{summary.errors} ({_counts(summary.errors_by_reason)})"),
+        ("predicted now", str(summary.predicted)),
+        ("reused from earlier scoring", str(summary.reused)),
+        ("time", f"{seconds:.1f} s, {rate:.1f} images/s"),
+    ]
+    lines = [f"### {title}", "", "| | |", "|---|---|"]
+    lines += [f"| {name} | {value} |" for name, value in rows]
+    return "\n".join([*lines, "", f"Predictions: `{uri}`"])
+
+
+@task(name="publish-predictions", **TRANSIENT_RETRIES)
+def publish_predictions(
+    chunks: list[ChunkResult], model: ModelChoice, output_key: str, title: str, seconds: float
+) -> scoring.ScoreSummary:
+    """Merge the chunks' rows into one predictions CSV and publish the run's summary."""
     objects = store()
-    frames = [read_csv(objects, key) for key in chunk_keys]
-    merged = (
-        pd.concat(frames, ignore_index=True)
-        if frames
-        else pd.DataFrame(columns=scoring.PREDICTION_COLUMNS)
+    preview = scoring.merge_tables(
+        objects, [chunk.key for chunk in chunks], output_key, PREVIEW_ROWS
     )
-    objects.put_bytes(output_key, scoring.frame_to_csv_bytes(merged), content_type="text/csv")
-    summary = scoring.summarise(merged)
+    summary = sum((chunk.summary for chunk in chunks), scoring.ScoreSummary())
+    uri = objects.uri(output_key)
     create_markdown_artifact(
-        markdown=(
-            f"### {title}\n\n{summary.files} files: {summary.scored} scored, {summary.errors} errors\n\n"
-            f"Predicted: {summary.by_label}\n\nErrors by reason: {summary.errors_by_reason}\n\n"
-            f"Predictions: `{objects.uri(output_key)}`"
-        ),
+        markdown=summary_markdown(title, summary, model, uri, seconds),
         key=artifact_key("scoring-summary"),
     )
-    create_table_artifact(
-        merged.head(PREVIEW_ROWS).astype(str).to_dict("records"),
-        key=artifact_key("predictions-preview"),
-    )
-    create_link_artifact(
-        link=objects.uri(output_key), link_text="predictions CSV", key=artifact_key("predictions")
-    )
+    create_table_artifact(preview, key=artifact_key("predictions-preview"))
+    create_link_artifact(link=uri, link_text="predictions CSV", key=artifact_key("predictions"))
     say(
-        f"scored {summary.scored} of {summary.files} files ({summary.errors} errors); "
-        f"predictions at {objects.uri(output_key)}"
+        f"scored {summary.scored} of {summary.files} files ({summary.errors} with errors, "
+        f"{summary.predicted} predicted now, {summary.reused} reused); predictions at {uri}"
     )
     return summary

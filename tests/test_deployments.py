@@ -63,7 +63,7 @@ def test_schedules_and_concurrency_limits():
     assert "schedules" not in deployment("score-folder")
     inbox = deployment("score-inbox")
     assert inbox["concurrency_limit"]["limit"] == 1
-    assert int(stack.DEPLOY_DEFAULTS["CXR_INBOX_EVERY_SECONDS"]) > 0
+    assert inbox["schedules"] == [{"interval": 600}]
 
 
 def test_every_environment_value_in_prefect_yaml_has_a_default(settings):

@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from cxr_model.model import seed_cnn
-from cxr_model.registry import CHAMPION, Registry, RegistryError
+from cxr_model.registry import (
+    CHAMPION,
+    AliasNameError,
+    Registry,
+    RegistryError,
+    check_alias_name,
+)
 
+REPO = Path(__file__).resolve().parents[1]
+CLI_TIMEOUT_S = 120
 CARD = dict(threshold=0.5, metrics={"accuracy": 0.9}, training={}, parameters={}, dataset_id="d1")
 
 
@@ -67,6 +80,21 @@ def test_alias_moves_are_compare_and_swap_and_keep_history(registry, tmp_path):
         registry.set_alias(CHAMPION, 9)
 
 
+def test_files_attach_to_a_version_once(registry, model_file):
+    card = registry.register(model_file, **CARD)
+    key = registry.attach(card.version, "model_card.md", b"# v1")
+    assert key.endswith("/000001/model_card.md") and registry.store.get_bytes(key) == b"# v1"
+    with pytest.raises(RegistryError, match="already attached"):
+        registry.attach(card.version, "model_card.md", b"# changed")
+    assert registry.store.get_bytes(key) == b"# v1"
+    for name in ("card.json", "../escape.md", "a/b.md"):
+        with pytest.raises(RegistryError, match="plain file name"):
+            registry.attach(card.version, name, b"x")
+    with pytest.raises(RegistryError, match="no version 2"):
+        registry.attach(2, "notes.md", b"x")
+    assert [c.version for c in registry.versions()] == [1]
+
+
 def test_load_verifies_sha256_and_round_trips(registry, model_file):
     card = registry.register(model_file, **CARD)
     registry.set_alias(CHAMPION, card.version)
@@ -89,3 +117,154 @@ def test_unknown_alias_names_the_known_ones(registry, model_file):
     with pytest.raises(RegistryError, match=r"no alias 'champion'; known: \['candidate'\]"):
         registry.resolve("champion")
     assert registry.describe()[0]["aliases"] == ["candidate"]
+
+
+@pytest.fixture
+def four_versions(registry, tmp_path) -> Registry:
+    for n in range(4):
+        (tmp_path / f"v{n}").write_bytes(bytes([n]))
+        registry.register(tmp_path / f"v{n}", **CARD)
+    return registry
+
+
+@pytest.mark.parametrize("name", ["champion", "staging-eu", "a1", "x" * 63])
+def test_alias_names_that_are_accepted(name):
+    assert check_alias_name(name) == name
+
+
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        ("Champion", "lowercase"),
+        ("my_alias", "lowercase"),
+        ("", "lowercase"),
+        ("-x", "starting with a letter"),
+        ("x" * 64, "at most 63"),
+        ("7", "looks like a version"),
+        ("v12", "looks like a version"),
+    ],
+)
+def test_alias_names_that_are_refused(name, why):
+    with pytest.raises(AliasNameError, match=why):
+        check_alias_name(name)
+
+
+def test_set_alias_refuses_bad_names_and_records_no_empty_moves(four_versions):
+    with pytest.raises(AliasNameError):
+        four_versions.set_alias("Prod", 1)
+    assert four_versions.aliases() == {}
+    four_versions.set_alias("prod", 2, reason="first")
+    again = four_versions.set_alias("prod", 2, reason="same place")
+    assert [m.reason for m in again.history] == ["first"]  # nothing moved, nothing recorded
+
+
+def test_rollback_walks_back_through_live_moves(four_versions):
+    models = four_versions
+    for version in (1, 2, 3):
+        models.set_alias(CHAMPION, version, reason=f"to {version}")
+    back = models.rollback(CHAMPION)
+    assert back.version == 2
+    move = back.history[-1]
+    assert (move.previous_version, move.version, move.reason, move.rollback) == (
+        3,
+        2,
+        "rollback",
+        True,
+    )
+    assert models.rollback(CHAMPION).version == 1
+    with pytest.raises(RegistryError, match="nothing to roll back to"):
+        models.rollback(CHAMPION)
+    assert len(models.alias(CHAMPION).history) == 5  # the refused rollback recorded nothing
+
+    # a promotion after rollbacks is undone first, then the walk continues where it was
+    models.set_alias(CHAMPION, 4)
+    models.set_alias(CHAMPION, 2)
+    assert models.alias(CHAMPION).live_versions() == [1, 4, 2]
+    assert [models.rollback(CHAMPION).version for _ in range(2)] == [4, 1]
+
+
+def test_rollback_of_a_missing_alias_names_the_known_ones(four_versions):
+    four_versions.set_alias("candidate", 1)
+    with pytest.raises(RegistryError, match=r"no alias 'champion'; known: \['candidate'\]"):
+        four_versions.rollback(CHAMPION)
+
+
+def test_aliases_of_a_version_come_with_their_history(four_versions):
+    four_versions.set_alias(CHAMPION, 1)
+    four_versions.set_alias(CHAMPION, 2, reason="better AUC")
+    four_versions.set_alias("candidate", 2)
+    four_versions.set_alias("staging", 3)
+    found = {a.alias: a for a in four_versions.aliases_of(2)}
+    assert sorted(found) == ["candidate", CHAMPION]
+    assert [(m.previous_version, m.version) for m in found[CHAMPION].history] == [(None, 1), (1, 2)]
+    assert found[CHAMPION].history[-1].reason == "better AUC"
+    assert four_versions.aliases_of(4) == []
+
+
+def test_diff_shows_only_what_differs_unless_asked(registry, tmp_path):
+    path = tmp_path / "m"
+    path.write_bytes(b"one")
+    parameters = {"training": {"image_size": 32, "epochs": 1}}
+    registry.register(path, **{**CARD, "parameters": parameters})
+    path.write_bytes(b"two")
+    registry.register(
+        path,
+        **{
+            **CARD,
+            "metrics": {"accuracy": 0.95},
+            "parameters": {"training": {"image_size": 32, "epochs": 3}},
+            "dataset_id": "d2",
+        },
+    )
+    rows = {row.field: (row.a, row.b) for row in registry.diff(1, "v2")}
+    assert rows["metrics.accuracy"] == (0.9, 0.95)
+    assert rows["parameters.training.epochs"] == (1, 3)
+    assert rows["dataset_id"] == ("d1", "d2")
+    assert rows["model_sha256"][0] != rows["model_sha256"][1]
+    assert "parameters.training.image_size" not in rows and "threshold" not in rows
+    assert not any(name.startswith("library_versions") for name in rows)
+
+    everything = {row.field: (row.a, row.b) for row in registry.diff(1, 2, everything=True)}
+    assert everything["parameters.training.image_size"] == (32, 32)
+    assert everything["library_versions.python"][0] == everything["library_versions.python"][1]
+    assert list(everything)[0] == "threshold"  # card order: threshold, metrics, parameters, ...
+
+
+def _cxr(*args: str) -> subprocess.CompletedProcess:
+    """The console script (``python -m flows.cli``) against this test's store."""
+    return subprocess.run(
+        [sys.executable, "-m", "flows.cli", *args],
+        cwd=REPO,
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT_S,
+    )
+
+
+def test_cli_promotes_rolls_back_shows_and_diffs(settings, store, tmp_path):
+    models = Registry(store, settings.model_name, settings.cache_dir)
+    for n, accuracy in enumerate([0.8, 0.9]):
+        (tmp_path / f"m{n}").write_bytes(bytes([n]))
+        models.register(tmp_path / f"m{n}", **{**CARD, "metrics": {"accuracy": accuracy}})
+    models.set_alias(CHAMPION, 1, reason="first model")
+
+    promoted = _cxr("registry", "promote", "2", "--reason", "better accuracy")
+    assert promoted.returncode == 0 and "champion → version 2 (was 1)" in promoted.stdout
+
+    shown = json.loads(_cxr("registry", "show", "champion", "--json").stdout)
+    assert shown["card"]["version"] == 2
+    [alias] = shown["aliases"]
+    assert [(m["version"], m["reason"]) for m in alias["history"]] == [
+        (1, "first model"),
+        (2, "better accuracy"),
+    ]
+
+    diff = json.loads(_cxr("registry", "diff", "1", "champion", "--json").stdout)
+    fields = {row["field"]: (row["a"], row["b"]) for row in diff["fields"]}
+    assert fields["metrics.accuracy"] == (0.8, 0.9) and "dataset_id" not in fields
+
+    rolled = _cxr("registry", "rollback")
+    assert "champion → version 1 (rolled back from 2)" in rolled.stdout
+    refused = _cxr("registry", "rollback")
+    assert refused.returncode == 1 and "nothing to roll back to" in refused.stdout

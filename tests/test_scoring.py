@@ -1,10 +1,11 @@
-"""Scoring files in chunks: one row per file, errors as rows, nothing skipped."""
+"""Scoring files in chunks: one row per file, errors as rows, nothing skipped, nothing predicted twice."""
 
 from __future__ import annotations
 
 import io
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
@@ -12,55 +13,191 @@ from cxr_model.model import seed_cnn
 from cxr_model.scoring import (
     ERROR,
     OK,
+    ScoreStore,
+    ScoreSummary,
     ScoringError,
     chunked,
+    keras_predictor,
     list_inputs,
+    merge_tables,
     predictions_frame,
-    score_files,
-    summarise,
+    score_chunk,
 )
 
+SIZE = 32
 
-def png(value: int) -> bytes:
+
+def png(seed: int) -> bytes:
+    """A small greyscale PNG whose pixels depend on ``seed`` (so each seed has its own sha256)."""
+    pixels = np.random.default_rng(seed).integers(0, 255, (40, 50), dtype=np.uint8)
     buffer = io.BytesIO()
-    Image.fromarray(np.full((40, 50), value, np.uint8), mode="L").save(buffer, format="PNG")
+    Image.fromarray(pixels, mode="L").save(buffer, format="PNG")
     return buffer.getvalue()
 
 
-def test_every_file_gets_a_row_in_input_order(tmp_path, store):
+class CountingModel:
+    """A real model's predict function that counts the images it is given, or dies on a call."""
+
+    def __init__(self, model, die_on_call: int | None = None):
+        self.predict = keras_predictor(model)
+        self.images = 0
+        self.calls = 0
+        self.die_on_call = die_on_call
+
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        if self.calls == self.die_on_call:
+            raise RuntimeError("worker killed")
+        self.images += len(pixels)
+        return self.predict(pixels)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return seed_cnn(SIZE)
+
+
+def scorer(store, model, version=1, **kwargs):
+    """score_chunk bound to a store, a version's stored scores and a counting model."""
+    counting = CountingModel(model, kwargs.pop("die_on_call", None))
+    scores = ScoreStore(store, "test-model", version)
+    options = dict(image_size=SIZE, threshold=0.5, run="run-1") | kwargs
+
+    def score(paths):
+        return score_chunk(paths, store, scores, counting, **options)
+
+    return score, counting
+
+
+def test_every_file_gets_a_row_in_input_order(tmp_path, store, model):
     (tmp_path / "a.png").write_bytes(png(10))
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "b.png").write_bytes(png(200))
     (tmp_path / "empty.png").write_bytes(b"")
     (tmp_path / "notes.txt").write_text("hello")
+    (tmp_path / "link.png").symlink_to(tmp_path / "a.png")  # links are not followed
     paths = list(list_inputs(str(tmp_path), store))
     assert [p.rsplit("/", 1)[-1] for p in paths] == ["a.png", "empty.png", "notes.txt", "b.png"]
 
-    predictions = score_files(
-        paths, store, seed_cnn(32), model_version=3, image_size=32, threshold=0.5
-    )
+    score, _ = scorer(store, model, version=3)
+    predictions = score(paths).predictions
     assert [p.status for p in predictions] == [OK, ERROR, ERROR, OK]
     assert predictions[1].error == "empty file (0 bytes)"
     assert predictions[2].error.startswith("not an image")
     ok = predictions[0]
-    assert 0 <= ok.probability_covid <= 1 and ok.model_version == 3
+    assert 0 <= ok.probability_covid <= 1 and ok.model_version == 3 and not ok.reused
     assert ok.predicted_label == ("covid" if ok.probability_covid >= 0.5 else "normal")
     assert len(ok.sha256) == 64
 
-    summary = summarise(predictions_frame(predictions))
+    summary = score(paths).summary  # again: the two images are reused, the errors stay errors
     assert (summary.files, summary.scored, summary.errors) == (4, 2, 2)
-    assert sum(summary.errors_by_reason.values()) == 2
+    assert (summary.predicted, summary.reused, summary.skipped) == (0, 2, 0)
+    assert summary.errors_by_reason == {"empty file (0 bytes)": 1, "not an image": 1}
 
 
-def test_s3_prefix_inputs_are_listed_and_read(store):
+def test_s3_prefix_inputs_are_listed_and_read(store, model):
     store.put_bytes("inbox/one.png", png(30))
     store.put_bytes("inbox/two.png", png(60))
     paths = list(list_inputs(f"s3://{store.bucket}/inbox/", store))
     assert paths == [f"s3://{store.bucket}/inbox/one.png", f"s3://{store.bucket}/inbox/two.png"]
-    predictions = score_files(
-        paths, store, seed_cnn(32), model_version=1, image_size=32, threshold=0.5
-    )
-    assert [p.status for p in predictions] == [OK, OK]
+    store.client.delete_object(Bucket=store.bucket, Key="inbox/two.png")  # gone after listing
+    score, _ = scorer(store, model)
+    predictions = score(paths).predictions
+    assert [p.status for p in predictions] == [OK, ERROR]
+    assert "removed after it was listed" in predictions[1].error
+
+
+def test_same_content_at_two_paths_is_predicted_once(tmp_path, store, model):
+    for name, seed in [("a.png", 1), ("b.png", 2), ("copy-of-a.png", 1)]:
+        (tmp_path / name).write_bytes(png(seed))
+    score, counting = scorer(store, model)
+    scored = score(list(list_inputs(str(tmp_path), store)))
+    rows = {p.source_path.rsplit("/", 1)[-1]: p for p in scored.predictions}
+    assert counting.images == 2 and scored.summary.predicted == 2
+    assert rows["a.png"].sha256 == rows["copy-of-a.png"].sha256
+    assert rows["a.png"].probability_covid == rows["copy-of-a.png"].probability_covid
+
+
+def test_stored_scores_are_reused_with_any_threshold(tmp_path, store, model):
+    for n in range(5):
+        (tmp_path / f"{n}.png").write_bytes(png(n))
+    paths = list(list_inputs(str(tmp_path), store))
+    first, _ = scorer(store, model)
+    before = first(paths).predictions
+    again, counting = scorer(store, model, threshold=0.0)
+    after = again(paths).predictions
+    assert counting.images == 0
+    assert [p.probability_covid for p in after] == [p.probability_covid for p in before]
+    assert all(p.reused for p in after) and {p.predicted_label for p in after} == {"covid"}
+    assert sorted(ScoreStore(store, "test-model", 1).scored()) == sorted(p.sha256 for p in before)
+    other_version, counting = scorer(store, model, version=2)
+    other_version(paths)
+    assert counting.images == 5  # scores belong to one model version
+
+
+def test_a_run_killed_halfway_resumes_with_only_the_rest(tmp_path, store, model):
+    for n in range(12):
+        (tmp_path / f"{n:02d}.png").write_bytes(png(100 + n))
+    chunks = list(chunked(list_inputs(str(tmp_path), store), 4))
+
+    dying, _ = scorer(store, model, die_on_call=2)
+    assert len(dying(chunks[0]).predictions) == 4
+    with pytest.raises(RuntimeError, match="worker killed"):
+        dying(chunks[1])
+
+    resumed, counting = scorer(store, model, run="run-2")
+    rows = [p for chunk in chunks for p in resumed(chunk).predictions]
+    assert counting.images == 8  # the first chunk's four images were stored before the crash
+    assert [p.reused for p in rows] == [True] * 4 + [False] * 8
+
+    clean, _ = scorer(store, model, version=9)  # an uninterrupted run, in its own namespace
+    reference = [p for chunk in chunks for p in clean(chunk).predictions]
+    assert [p.source_path for p in rows] == [p.source_path for p in reference]
+    assert [p.probability_covid for p in rows] == [p.probability_covid for p in reference]
+
+
+def test_only_new_leaves_out_what_other_runs_scored(tmp_path, store, model):
+    for n in range(3):
+        (tmp_path / f"old-{n}.png").write_bytes(png(n))
+    scorer(store, model, run="yesterday")[0](list(list_inputs(str(tmp_path), store)))
+    (tmp_path / "new.png").write_bytes(png(50))
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    score, counting = scorer(store, model, run="today", only_new=True)
+    paths = list(list_inputs(str(tmp_path), store))
+    scored = score(paths)
+    assert [p.source_path.rsplit("/", 1)[-1] for p in scored.predictions] == [
+        "broken.png",
+        "new.png",
+    ]
+    assert (scored.summary.skipped, counting.images) == (3, 1)
+    # a retry within the same run keeps its own rows
+    assert len(score(paths).predictions) == 2
+
+
+def test_chunk_tables_merge_into_one_in_order(tmp_path, store, model):
+    for n in range(5):
+        (tmp_path / f"{n}.png").write_bytes(png(n))
+    score, _ = scorer(store, model)
+    keys = []
+    for number, paths in enumerate(chunked(list_inputs(str(tmp_path), store), 2)):
+        frame = predictions_frame(score(paths).predictions)
+        store.put_bytes(f"run/chunks/{number}.csv", frame.to_csv(index=False).encode())
+        keys.append(f"run/chunks/{number}.csv")
+    preview = merge_tables(store, keys, "run/predictions.csv", preview_rows=3)
+    merged = pd.read_csv(io.BytesIO(store.get_bytes("run/predictions.csv")), dtype=str)
+    assert list(merged["source_path"]) == sorted(str(p) for p in tmp_path.iterdir())
+    assert [row["source_path"] for row in preview] == list(merged["source_path"][:3])
+    expected = [repr(p.probability_covid) for p in score(list(merged["source_path"])).predictions]
+    assert list(merged["probability_covid"]) == expected  # probabilities copied exactly
+
+
+def test_summaries_add_up():
+    a = ScoreSummary(files=3, scored=2, errors=1, predicted=2, errors_by_reason={"x": 1})
+    b = ScoreSummary(files=2, scored=2, reused=2, skipped=4, by_label={"covid": 2})
+    total = a + b
+    assert (total.files, total.scored, total.errors, total.predicted) == (5, 4, 1, 2)
+    assert (total.reused, total.skipped) == (2, 4)
+    assert total.errors_by_reason == {"x": 1} and total.by_label == {"covid": 2}
 
 
 def test_chunks_stream_without_losing_items():
