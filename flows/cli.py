@@ -281,6 +281,28 @@ def score(
     console.print(f"predictions: {result.predictions_uri}")
 
 
+@app.command("score-inbox")
+def score_inbox(
+    inbox: Annotated[
+        str | None,
+        typer.Argument(help="s3://bucket/prefix/ or folder; default s3://<bucket>/inbox/."),
+    ] = None,
+    model: Annotated[str, typer.Option(help="Alias or version.")] = "champion",
+    verbose: Verbose = False,
+) -> None:
+    """Score the files in the inbox that this model has not scored yet (what the scheduled
+    score-inbox deployment runs)."""
+    _configure(verbose)
+    from flows.score import InboxParams
+    from flows.score import score_inbox as score_inbox_flow
+
+    result = _run(
+        "scoring the inbox…", lambda: score_inbox_flow(InboxParams(inbox=inbox, model=model))
+    )
+    console.print(result.message)
+    console.print(f"predictions: {result.predictions_uri}")
+
+
 def _registry():
     from cxr_model.config import get_settings
     from cxr_model.registry import Registry

@@ -185,8 +185,11 @@ def test_score_folder_through_the_local_stack(settings, tiny_champion, tmp_path)
             artifacts = client.read_artifacts(
                 artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]))
             )
-            kinds = {a.type for a in artifacts}
-            assert {"markdown", "table", "link"} <= kinds
+            by_key = {a.key: a for a in artifacts}
+            assert by_key["scoring-summary"].type == "markdown"
+            assert by_key["predictions-preview"].type == "table"
+            # Prefect stores a link artifact as markdown "[text](link)"
+            assert "predictions.csv" in by_key["predictions"].data
     finally:
         stopped = stack.down(settings)
     assert any("worker" in s for s in stopped) and any("prefect server" in s for s in stopped)
