@@ -1,10 +1,13 @@
-"""Training images/s of the study's CNN on in-memory tensors, on any Keras 3 backend.
+"""Training and prediction images/s of our architectures on in-memory tensors, any Keras backend.
 
 Imports no TensorFlow (only keras and cxr_model.model), so it also runs where Keras runs on JAX,
 e.g. a GPU machine without TensorFlow:
 
     KERAS_BACKEND=jax python bench/model_throughput.py --image-size 224 --batch-size 32
+    KERAS_BACKEND=jax python bench/model_throughput.py --architecture resnet50 --policy mixed_float16
     .venv/bin/python bench/model_throughput.py --image-size 224 --steps 10      # TensorFlow, CPU
+
+Weights are random (weights=None): throughput does not depend on their values.
 """
 
 from __future__ import annotations
@@ -41,7 +44,10 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=30, help="timed training steps")
+    parser.add_argument("--architecture", default="seed_cnn")
+    parser.add_argument("--policy", default="float32", help="float32 or mixed_float16")
     args = parser.parse_args()
+    keras.mixed_precision.set_global_policy(args.policy)
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)
     n = args.batch_size * args.steps
@@ -50,7 +56,7 @@ def main() -> None:
     )
     y = rng.integers(0, 2, n).astype("float32")
     trainer = compile_for_training(
-        with_augmentation(build_model("seed_cnn", args.image_size), seed=0), 1e-3
+        with_augmentation(build_model(args.architecture, args.image_size), seed=0), 1e-3
     )
     trainer.fit(
         x[: args.batch_size * 2],
@@ -73,6 +79,8 @@ def main() -> None:
                 "backend": keras.backend.backend(),
                 "devices": devices(),
                 "machine": f"{platform.machine()} {os.cpu_count()} cores",
+                "architecture": args.architecture,
+                "policy": args.policy,
                 "image_size": args.image_size,
                 "batch_size": args.batch_size,
                 "timed_images": n,

@@ -1,18 +1,23 @@
-"""Training throughput of the study's CNN through cxr's input pipeline, on real x-rays.
+"""Training throughput of cxr's architectures as ``train_model`` runs them, on real x-rays.
 
-Decodes N images from ../shared/data/cxr-real with cxr's one conversion, then trains the seed CNN
-(with its augmentation) through ``cxr_model.data.training_batches`` and, for comparison, on the same
-in-memory arrays with ``train_on_batch``. The first epoch (graph tracing) is excluded.
+Decodes N real x-rays from ../shared/data/cxr-real with cxr's one conversion (the first N by file
+name, 80% to train, 20% to validate), then trains each architecture with
+``cxr_model.train.train_model``: cxr's tf.data input, augmentation in the model, balanced class
+weights, validation every epoch, on every GPU in mixed precision or on the CPU. The first epoch
+(graph tracing) is not timed; the median of the others is reported.
 
-    .venv/bin/python bench/train_throughput.py --image-size 224 --images 256 --epochs 3
+    .venv/bin/python bench/train_throughput.py
+    .venv/bin/python bench/train_throughput.py --architectures seed_cnn,densenet121 --epochs 3
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
+import statistics
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -21,73 +26,96 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+import tensorflow as tf  # noqa: E402
 
-from cxr_model.data import SplitArrays, training_batches  # noqa: E402
+from cxr_model.data import POSITIVE_LABEL, SplitArrays  # noqa: E402
 from cxr_model.images import to_model_input  # noqa: E402
-from cxr_model.model import build_model, compile_for_training, with_augmentation  # noqa: E402
+from cxr_model.train import TrainParams, train_model  # noqa: E402
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "cxr-real"
+VAL_SHARE = 0.2
 
 
-def load(n: int, size: int) -> SplitArrays:
-    manifest = pd.read_csv(REAL / "manifest.csv").sample(n=n, random_state=0)
-    started = time.perf_counter()
-    images = np.stack(
-        [to_model_input((REAL / f).read_bytes(), size, name=f) for f in manifest["file"]]
-    )
-    print(f"decode+convert: {n / (time.perf_counter() - started):.1f} images/s")
-    labels = (manifest["label"] == "covid").to_numpy(np.float32)
-    return SplitArrays(images, labels, list(manifest["file"]))
+class EpochTimer(keras.callbacks.Callback):
+    """Seconds of each training epoch, its validation included."""
+
+    def __init__(self):
+        super().__init__()
+        self.seconds: list[float] = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seconds.append(time.perf_counter() - self.started)
 
 
-def fresh_trainer(size: int) -> keras.Model:
-    keras.utils.set_random_seed(0)
-    return compile_for_training(with_augmentation(build_model("seed_cnn", size), seed=0), 1e-3)
+def load(count: int, size: int) -> tuple[SplitArrays, SplitArrays]:
+    """The first ``count`` real x-rays by file name as Train and Val arrays (every fifth to Val)."""
+    rows = pd.read_csv(REAL / "manifest.csv").sort_values("file").head(count)
+    images = np.stack([to_model_input((REAL / f).read_bytes(), size, name=f) for f in rows["file"]])
+    labels = (rows["label"] == POSITIVE_LABEL).to_numpy(np.float32)
+    keys = list(rows["file"])
+    val = np.arange(len(rows)) % round(1 / VAL_SHARE) == 0
+
+    def part(mask: np.ndarray) -> SplitArrays:
+        return SplitArrays(images[mask], labels[mask], list(np.asarray(keys)[mask]))
+
+    return part(~val), part(val)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--architectures", default="seed_cnn,compact_cnn")
     parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--images", type=int, default=256)
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--images", type=int, default=160)
+    parser.add_argument("--epochs", type=int, default=3, help="the first is not timed")
     parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args()
-    arrays = load(args.images, args.image_size)
+    train, val = load(args.images, args.image_size)
 
-    trainer = fresh_trainer(args.image_size)
-    batches = training_batches(arrays, args.batch_size, seed=0)
-    trainer.fit(batches, epochs=1, verbose=0)  # warm-up: tracing
-    started = time.perf_counter()
-    trainer.fit(batches, epochs=args.epochs, verbose=0)
-    pipeline = len(arrays) * args.epochs / (time.perf_counter() - started)
-
-    trainer = fresh_trainer(args.image_size)
-    x, y = arrays.images.astype(np.float32), arrays.labels
-    steps = [
-        (x[i : i + args.batch_size], y[i : i + args.batch_size])
-        for i in range(0, len(x), args.batch_size)
-    ]
-    for xb, yb in steps:
-        trainer.train_on_batch(xb, yb)
-    started = time.perf_counter()
-    for _ in range(args.epochs):
-        for xb, yb in steps:
-            trainer.train_on_batch(xb, yb)
-    in_memory = len(arrays) * args.epochs / (time.perf_counter() - started)
+    rows = []
+    for architecture in args.architectures.split(","):
+        params = TrainParams(
+            architecture=architecture,
+            image_size=args.image_size,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+        )
+        timer = EpochTimer()
+        with tempfile.TemporaryDirectory() as work:
+            result = train_model(train, val, params, Path(work), callbacks=[timer])
+            model_bytes = result.model_path.stat().st_size
+        timed = timer.seconds[1:] or timer.seconds
+        rows.append(
+            (
+                architecture,
+                len(train) / statistics.median(timed),
+                result.val_accuracy,
+                model_bytes / 1e6,
+                ", ".join(result.devices),
+                "mixed float16" if result.mixed_precision else "float32",
+            )
+        )
 
     print(
-        json.dumps(
-            {
-                "machine": f"{platform.machine()} {os.cpu_count()} cores",
-                "image_size": args.image_size,
-                "images": len(arrays),
-                "epochs_timed": args.epochs,
-                "pipeline_images_per_s": round(pipeline, 2),
-                "train_on_batch_images_per_s": round(in_memory, 2),
-                "pipeline_vs_in_memory": round(pipeline / in_memory, 3),
-            }
-        )
+        f"machine: {platform.machine()}, {os.cpu_count()} CPUs, TensorFlow {tf.__version__}, "
+        f"keras {keras.__version__}"
     )
+    print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}")
+    print(
+        f"{len(train)} train / {len(val)} val real x-rays, {args.image_size}px, "
+        f"batch {args.batch_size}, {args.epochs} epochs (median of epochs 2..{args.epochs})"
+    )
+    print(
+        "| architecture | train images/s (with validation) | val accuracy | model MB | "
+        "devices | precision |"
+    )
+    print("|---|---|---|---|---|---|")
+    for name, rate, accuracy, megabytes, devices, precision in rows:
+        print(
+            f"| {name} | {rate:.2f} | {accuracy:.3f} | {megabytes:.1f} | {devices} | {precision} |"
+        )
 
 
 if __name__ == "__main__":

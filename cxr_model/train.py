@@ -1,38 +1,112 @@
 """Train a classifier on a materialised dataset and save it for the registry.
 
 Training runs the classifier behind the augmentation block; the saved model is the classifier
-alone, uncompiled, so it carries the trained weights and no optimizer state or augmentation.
+alone, uncompiled and in float32, so it carries the trained weights and no optimizer state,
+augmentation or mixed-precision policy.
+
+Hardware: every visible GPU (``tf.distribute.MirroredStrategy`` over two or more, TensorFlow's
+default strategy on one), mixed float16 on GPUs, and a clean CPU fallback. XLA is off unless asked
+for, and even then Keras falls back for the training model: TensorFlow has no XLA kernel for the
+projective transform the augmentation uses. The result records what was actually used.
+
+Behaviour: seeded (same data and seed → same metrics on CPU), balanced class weights, optional
+early stopping with best-weights restore, and per-epoch checkpoints in the object store from which
+an interrupted run resumes (:class:`Checkpoint`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import io
+import json
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import keras
+import numpy as np
 import pandas as pd
 import tensorflow as tf
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
+from sklearn.utils.class_weight import compute_class_weight
 
-from cxr_model.data import SplitArrays, evaluation_batches, training_batches
-from cxr_model.model import build_model, compile_for_training, with_augmentation
+from cxr_model.data import SplitArrays, evaluation_batches, is_grey, training_batches
+from cxr_model.model import ARCHITECTURES, build_model, compile_for_training, with_augmentation
+from cxr_model.storage import ObjectStore, parse_s3_uri
+
+CHECKPOINTS_PREFIX = "checkpoints"
+CHECKPOINT_FORMAT = 1
+MIXED_POLICY = "mixed_float16"
+FLOAT_POLICY = "float32"
+PARAMS_HASH_CHARS = 16
 
 
 class TrainParams(BaseModel):
-    """Training settings; the defaults are the study's."""
+    """Training settings; the defaults are the study's (6 epochs, no early stopping)."""
 
-    architecture: str = Field(default="seed_cnn", description="Model architecture.")
+    architecture: str = Field(
+        default="seed_cnn",
+        description="Model architecture: seed_cnn (the study's), compact_cnn, densenet121, "
+        "efficientnetb0 or resnet50.",
+    )
     image_size: int = Field(default=224, ge=32, le=1024, description="Square input size in pixels.")
     epochs: int = Field(default=6, ge=1, le=500, description="Passes over the training split.")
-    batch_size: int = Field(default=32, ge=1, le=1024, description="Images per training step.")
+    batch_size: int = Field(
+        default=32, ge=1, le=1024, description="Images per training step, over all replicas."
+    )
     learning_rate: float = Field(default=1e-3, gt=0, description="Adam learning rate.")
     seed: int = Field(default=42, description="Seed for weights, shuffling and augmentation.")
+    weights: str | None = Field(
+        default=None,
+        description="Initial weights: None (random), a local .h5/.weights.h5 file or an s3:// "
+        "URI (a notop backbone file for Keras Applications architectures). Never downloaded "
+        "from the internet.",
+    )
+    class_weight: Literal["balanced", "none"] = Field(
+        default="balanced",
+        description="Weight the loss so both classes count equally ('balanced', scikit-learn's "
+        "compute_class_weight) or not ('none'). Training accuracy/AUC are then weighted too; "
+        "validation metrics never are.",
+    )
+    patience: int | None = Field(
+        default=None,
+        ge=0,
+        description="Early stopping: stop after this many epochs without improvement of "
+        "`monitor` and keep the best epoch's weights. None or 0: off, so every epoch runs (the "
+        "study's behaviour).",
+    )
+    monitor: Literal["val_loss", "val_auc"] = Field(
+        default="val_loss", description="What early stopping watches (lower loss, higher AUC)."
+    )
+    mixed_precision: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="mixed_float16 compute with float32 weights and output; auto: on GPUs only.",
+    )
+    jit_compile: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="XLA compilation; auto: off. On TensorFlow Keras falls back to no XLA for "
+        "the training model anyway (no XLA kernel for the augmentation's image transform).",
+    )
+
+    @field_validator("architecture")
+    @classmethod
+    def _known_architecture(cls, name: str) -> str:
+        if name not in ARCHITECTURES:
+            raise ValueError(f"unknown architecture {name!r}; choose from {sorted(ARCHITECTURES)}")
+        return name
 
 
 @dataclass(frozen=True)
 class TrainResult:
-    """What training produced: the saved model file and how training went."""
+    """What training produced: the saved model file and how training went.
+
+    ``history`` covers every epoch, resumed ones included; accuracies are the kept epoch's (the
+    best one under early stopping, else the last). ``images_per_second`` counts the epochs this
+    call ran (0 when a finished checkpoint left nothing to run).
+    """
 
     model_path: Path
     history: dict[str, list[float]]
@@ -42,44 +116,315 @@ class TrainResult:
     seconds: float
     images_per_second: float
     devices: list[str] = field(default_factory=list)
+    replicas: int = 1
+    mixed_precision: bool = False
+    jit_compile: bool = False
+    initial_epoch: int = 0
+    kept_epoch: int = 0
+    class_weights: dict[int, float] | None = None
 
 
-def visible_devices() -> list[str]:
-    """Accelerators TensorFlow can use, or ``["CPU"]`` when there are none."""
-    gpus = tf.config.list_physical_devices("GPU")
-    return [gpu.name for gpu in gpus] or ["CPU"]
+@dataclass(frozen=True)
+class Hardware:
+    """Where and how training runs: the distribution strategy and its devices."""
+
+    strategy: tf.distribute.Strategy
+    devices: list[str]
+    mixed_precision: bool
+    jit_compile: bool
+
+    @property
+    def replicas(self) -> int:
+        return self.strategy.num_replicas_in_sync
+
+
+def _short_name(device: str) -> str:
+    """``/job:localhost/replica:0/task:0/device:GPU:0`` → ``GPU:0``."""
+    return device.rsplit("device:", 1)[-1].lstrip("/")
+
+
+def choose_hardware(params: TrainParams, devices: Sequence[str] | None = None) -> Hardware:
+    """Strategy, devices, precision and XLA for ``params`` on this machine.
+
+    ``devices`` (TensorFlow logical device names such as ``/cpu:0``) overrides the default, all
+    visible GPUs, falling back to the CPU. Two or more devices train with MirroredStrategy.
+    """
+    names = list(devices or [gpu.name for gpu in tf.config.list_logical_devices("GPU")])
+    if len(names) > 1:
+        strategy: tf.distribute.Strategy = tf.distribute.MirroredStrategy(names)
+        used = [_short_name(d) for d in strategy.extended.worker_devices]
+    else:
+        strategy = tf.distribute.get_strategy()
+        used = [_short_name(names[0])] if names else ["CPU:0"]
+    on_gpu = any("GPU" in name.upper() for name in used)
+    mixed = params.mixed_precision == "on" or (params.mixed_precision == "auto" and on_gpu)
+    return Hardware(strategy, used, mixed_precision=mixed, jit_compile=params.jit_compile == "on")
+
+
+@contextlib.contextmanager
+def dtype_policy(name: str) -> Iterator[None]:
+    """Build models under the global Keras dtype policy ``name``; restore the old one after."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def class_weights(labels: np.ndarray, mode: str) -> dict[int, float] | None:
+    """Per-class loss weights for ``mode`` ('balanced': n / (classes × count)), or None."""
+    if mode == "none":
+        return None
+    y = labels.astype(int)
+    classes = np.unique(y)
+    weights = compute_class_weight("balanced", classes=classes, y=y)
+    return {int(c): float(w) for c, w in zip(classes, weights, strict=True)}
+
+
+def checkpoint_prefix(dataset_id: str, params: TrainParams) -> str:
+    """A checkpoint prefix that is the same for the same dataset and training parameters."""
+    digest = hashlib.sha256(params.model_dump_json().encode()).hexdigest()[:PARAMS_HASH_CHARS]
+    return f"{CHECKPOINTS_PREFIX}/{dataset_id}/{digest}"
+
+
+def fetch_weights(store: ObjectStore, uri: str, folder: Path) -> Path:
+    """Download an ``s3://bucket/key`` weights file into ``folder``; return the local path."""
+    bucket, key = parse_s3_uri(uri)
+    return store.in_bucket(bucket).download(key, folder / Path(key).name)
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """Per-epoch training state in an object store, from which an interrupted run resumes.
+
+    Layout under ``prefix``: two slots, ``slot-0/`` and ``slot-1/``, each holding
+    ``trainer.weights.h5`` (training model weights and optimizer state) and, under early stopping,
+    ``best.npz`` (the best epoch's weights); and ``latest.json`` (epochs done, history,
+    early-stopping state, which slot) written last. Epochs alternate slots, so the slot
+    ``latest.json`` names is never the one being overwritten.
+    """
+
+    store: ObjectStore
+    prefix: str
+
+    def latest(self) -> dict | None:
+        """The last completed epoch's state, or None when nothing was checkpointed."""
+        found = self.store.get_with_etag(f"{self.prefix}/latest.json")
+        return None if found is None else json.loads(found[0])
+
+    def slot_key(self, slot: int, name: str) -> str:
+        return f"{self.prefix}/slot-{slot}/{name}"
+
+
+class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
+    """Keras early stopping (best weights restored) whose progress survives a restart."""
+
+    def __init__(self, monitor: str, patience: int, resumed: dict | None, best_weights):
+        mode = "min" if monitor.endswith("loss") else "max"
+        super().__init__(monitor=monitor, patience=patience, mode=mode, restore_best_weights=True)
+        self._resumed = resumed
+        self._resumed_best_weights = best_weights
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        if self._resumed:
+            self.wait = self._resumed["wait"]
+            self.best = self._resumed["best"]
+            self.best_epoch = self._resumed["best_epoch"]
+            self.best_weights = self._resumed_best_weights
+
+    def progress(self) -> dict:
+        """What :meth:`on_train_begin` needs to carry on after a restart."""
+        best = None if self.best is None else float(self.best)
+        return {"wait": self.wait, "best": best, "best_epoch": self.best_epoch}
+
+
+class EpochCheckpoint(keras.callbacks.Callback):
+    """After every epoch: the training model's weights, optimizer state and progress to S3."""
+
+    def __init__(
+        self,
+        checkpoint: Checkpoint,
+        fingerprint: dict,
+        history: dict[str, list[float]],
+        early_stopping: ResumableEarlyStopping | None,
+        work_dir: Path,
+        slot: int,
+    ):
+        super().__init__()
+        self.checkpoint = checkpoint
+        self.fingerprint = fingerprint
+        self.history = history
+        self.early_stopping = early_stopping
+        self.work_dir = work_dir
+        self.slot = slot
+
+    def on_epoch_end(self, epoch, logs=None):
+        for name, value in (logs or {}).items():
+            self.history.setdefault(name, []).append(float(value))
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        weights = self.work_dir / "trainer.weights.h5"
+        self.model.save_weights(weights)
+        self.checkpoint.store.put_file(self.checkpoint.slot_key(self.slot, weights.name), weights)
+        stopping = None
+        if self.early_stopping is not None:
+            stopping = self.early_stopping.progress()
+            best = self.early_stopping.best_weights
+            if best is not None:
+                buffer = io.BytesIO()
+                np.savez(buffer, *best)
+                key = self.checkpoint.slot_key(self.slot, "best.npz")
+                self.checkpoint.store.put_bytes(key, buffer.getvalue())
+        state = {
+            "fingerprint": self.fingerprint,
+            "epochs_done": epoch + 1,
+            "stopped": bool(self.model.stop_training),
+            "history": self.history,
+            "early_stopping": stopping,
+            "slot": self.slot,
+        }
+        self.checkpoint.store.put_bytes(
+            f"{self.checkpoint.prefix}/latest.json", json.dumps(state).encode()
+        )
+        self.slot = 1 - self.slot
+
+
+def _restore(trainer: keras.Model, checkpoint: Checkpoint, state: dict, work_dir: Path) -> list:
+    """Load a checkpoint's weights and optimizer state into ``trainer``; return best weights."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    slot = state["slot"]
+    weights = checkpoint.store.download(
+        checkpoint.slot_key(slot, "trainer.weights.h5"), work_dir / "resume.weights.h5"
+    )
+    trainer.optimizer.build(trainer.trainable_variables)  # else Keras skips the optimizer state
+    trainer.load_weights(weights)
+    if not state.get("early_stopping") or state["early_stopping"]["best"] is None:
+        return []
+    best = np.load(io.BytesIO(checkpoint.store.get_bytes(checkpoint.slot_key(slot, "best.npz"))))
+    return [best[f"arr_{i}"] for i in range(len(best.files))]
 
 
 def train_model(
-    train: SplitArrays, val: SplitArrays, params: TrainParams, out_dir: Path
+    train: SplitArrays,
+    val: SplitArrays,
+    params: TrainParams,
+    out_dir: Path,
+    *,
+    checkpoint: Checkpoint | None = None,
+    devices: Sequence[str] | None = None,
+    weights_file: Path | None = None,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
 ) -> TrainResult:
-    """Fit the architecture on ``train`` (validating on ``val`` each epoch) and save it."""
+    """Fit the architecture on ``train`` (validating on ``val`` each epoch) and save it.
+
+    ``checkpoint``: save state after every epoch and resume from the latest one when present.
+    ``devices``: train on these TensorFlow devices instead of all GPUs (or the CPU).
+    ``weights_file``: a local copy of ``params.weights`` (see :func:`fetch_weights`); without it
+    ``params.weights`` must be a local path or None. ``callbacks`` run after the library's own.
+    """
     keras.utils.set_random_seed(params.seed)
-    classifier = build_model(params.architecture, params.image_size)
-    trainer = compile_for_training(with_augmentation(classifier, params.seed), params.learning_rate)
+    hardware = choose_hardware(params, devices)
+    fingerprint = {
+        "format": CHECKPOINT_FORMAT,
+        "params": params.model_dump(mode="json"),
+        "mixed_precision": hardware.mixed_precision,
+    }
+    state = checkpoint.latest() if checkpoint else None
+    if state is not None and state.get("fingerprint") != fingerprint:
+        state = None  # another run's or another precision's state: start afresh
+    grey = is_grey(train.images) and is_grey(val.images)
+    classifier, trainer = _build_trainer(params, hardware, weights_file or params.weights, grey)
+    with hardware.strategy.scope():
+        best_weights = _restore(trainer, checkpoint, state, out_dir) if state else []
+    initial_epoch = state["epochs_done"] if state else 0
+    history = {name: list(values) for name, values in (state or {}).get("history", {}).items()}
+    early_stopping = None
+    if params.patience:
+        resumed = state["early_stopping"] if state else None
+        early_stopping = ResumableEarlyStopping(
+            params.monitor, params.patience, resumed, best_weights or None
+        )
+    own: list[keras.callbacks.Callback] = [early_stopping] if early_stopping else []
+    if checkpoint is not None:
+        slot = 1 - state["slot"] if state else 0
+        own.append(EpochCheckpoint(checkpoint, fingerprint, history, early_stopping, out_dir, slot))
+    weights_by_class = class_weights(train.labels, params.class_weight)
     started = time.perf_counter()
-    fitted = trainer.fit(
-        training_batches(train, params.batch_size, params.seed),
-        validation_data=evaluation_batches(val, params.batch_size),
-        epochs=params.epochs,
-        shuffle=False,  # the tf.data pipeline shuffles (seeded) every epoch
-        verbose=0,
-    )
+    if state and (state["stopped"] or initial_epoch >= params.epochs):
+        _finish_without_fitting(trainer, early_stopping)
+    else:
+        fitted = trainer.fit(
+            training_batches(train, params.batch_size, params.seed, grey),
+            validation_data=evaluation_batches(val, params.batch_size, grey),
+            epochs=params.epochs,
+            initial_epoch=initial_epoch,
+            class_weight=weights_by_class,
+            callbacks=[*own, *callbacks],
+            shuffle=False,  # the tf.data pipeline shuffles (seeded) every epoch
+            verbose=0,
+        )
+        if checkpoint is None:  # else EpochCheckpoint has appended each epoch already
+            for name, values in fitted.history.items():
+                history.setdefault(name, []).extend(float(v) for v in values)
     seconds = time.perf_counter() - started
-    history = {name: [float(v) for v in values] for name, values in fitted.history.items()}
+    epochs_run = len(history["loss"]) - initial_epoch
+    # the epoch whose weights are kept: the best under early stopping, else the last
+    kept = early_stopping.best_epoch if early_stopping else len(history["loss"]) - 1
     model_path = out_dir / "model.keras"
     out_dir.mkdir(parents=True, exist_ok=True)
-    classifier.save(model_path)
+    _export(classifier, params, hardware).save(model_path)
     return TrainResult(
         model_path=model_path,
         history=history,
-        train_accuracy=history["accuracy"][-1],
-        val_accuracy=history["val_accuracy"][-1],
+        train_accuracy=history["accuracy"][kept],
+        val_accuracy=history["val_accuracy"][kept],
         train_images=len(train),
         seconds=seconds,
-        images_per_second=len(train) * params.epochs / seconds,
-        devices=visible_devices(),
+        images_per_second=len(train) * epochs_run / seconds if epochs_run else 0.0,
+        devices=hardware.devices,
+        replicas=hardware.replicas,
+        mixed_precision=hardware.mixed_precision,
+        jit_compile=bool(trainer.jit_compile),
+        initial_epoch=initial_epoch,
+        kept_epoch=kept + 1,
+        class_weights=weights_by_class,
     )
+
+
+def _build_trainer(
+    params: TrainParams, hardware: Hardware, weights: Path | str | None, grey: bool
+) -> tuple[keras.Model, keras.Model]:
+    """The classifier and its compiled training model, on ``hardware`` in its precision."""
+    policy = MIXED_POLICY if hardware.mixed_precision else FLOAT_POLICY
+    with dtype_policy(policy), hardware.strategy.scope():
+        classifier = build_model(params.architecture, params.image_size, weights)
+        trainer = compile_for_training(
+            with_augmentation(classifier, params.seed, grey),
+            params.learning_rate,
+            hardware.jit_compile,
+        )
+    return classifier, trainer
+
+
+def _finish_without_fitting(
+    trainer: keras.Model, early_stopping: ResumableEarlyStopping | None
+) -> None:
+    """A finished checkpoint: restore the best epoch's weights as the end of training would."""
+    if early_stopping is not None:
+        early_stopping.set_model(trainer)
+        early_stopping.on_train_begin()
+        early_stopping.on_train_end()
+
+
+def _export(classifier: keras.Model, params: TrainParams, hardware: Hardware) -> keras.Model:
+    """The classifier to save: as trained, or rebuilt in float32 when trained in mixed precision."""
+    if not hardware.mixed_precision:
+        return classifier
+    with dtype_policy(FLOAT_POLICY):
+        plain = build_model(params.architecture, params.image_size)
+    plain.set_weights(classifier.get_weights())
+    return plain
 
 
 def history_frame(history: dict[str, list[float]]) -> pd.DataFrame:

@@ -1,4 +1,9 @@
-"""Train: fit the model on a dataset's Train split and stage the result in the store."""
+"""Train: fit the model on a dataset's Train split and stage the result in the store.
+
+Training state is checkpointed to ``checkpoints/<dataset id>/<hash of the training params>`` after
+every epoch, so a retry or a rerun after a crash resumes where it stopped (and a rerun of a
+finished training trains nothing).
+"""
 
 from __future__ import annotations
 
@@ -13,8 +18,15 @@ from pydantic import BaseModel
 from cxr_model.config import get_settings
 from cxr_model.data import SplitArrays, load_split_arrays
 from cxr_model.split import TRAIN, VAL, load_split
-from cxr_model.train import TrainParams, history_frame, train_model
-from tasks.common import artifact_key, say, store
+from cxr_model.train import (
+    Checkpoint,
+    TrainParams,
+    checkpoint_prefix,
+    fetch_weights,
+    history_frame,
+    train_model,
+)
+from tasks.common import TRANSIENT_RETRIES, artifact_key, say, store
 from tasks.split import DatasetRef
 
 
@@ -32,24 +44,41 @@ class TrainedModel(BaseModel):
 
 
 def split_arrays(dataset: DatasetRef, image_size: int, *splits: str) -> list[SplitArrays]:
-    """The named splits of a dataset as arrays, through the local per-dataset cache."""
+    """The named splits of a dataset as arrays: local cache, then the store's shards, then decode."""
     objects = store()
     frame = load_split(objects, dataset.split_key)
     cache = get_settings().cache_dir / "datasets" / dataset.dataset_id
-    return [load_split_arrays(objects, frame, split, image_size, cache) for split in splits]
+    return [
+        load_split_arrays(objects, frame, split, image_size, cache, dataset.dataset_id)
+        for split in splits
+    ]
 
 
-@task(name="train-model")
+def local_weights(params: TrainParams, folder: Path) -> Path | None:
+    """``params.weights`` as a local file: an ``s3://`` URI is downloaded into ``folder``."""
+    if params.weights is None:
+        return None
+    if params.weights.startswith("s3://"):
+        return fetch_weights(store(), params.weights, folder)
+    return Path(params.weights)
+
+
+@task(name="train-model", **TRANSIENT_RETRIES)
 def fit_model(dataset: DatasetRef, params: TrainParams, run_prefix: str) -> TrainedModel:
     """Train ``params.architecture`` on the dataset; stage model and history under ``run_prefix``."""
     objects = store()
     train, val = split_arrays(dataset, params.image_size, TRAIN, VAL)
+    checkpoint = Checkpoint(objects, checkpoint_prefix(dataset.dataset_id, params))
     say(
         f"training {params.architecture} on {len(train)} images ({params.epochs} epochs, "
-        f"{params.image_size}px, batch {params.batch_size})"
+        f"{params.image_size}px, batch {params.batch_size}); checkpoints in "
+        f"{objects.uri(checkpoint.prefix)}"
     )
     with tempfile.TemporaryDirectory() as work:
-        result = train_model(train, val, params, Path(work))
+        weights = local_weights(params, Path(work) / "weights")
+        result = train_model(
+            train, val, params, Path(work), checkpoint=checkpoint, weights_file=weights
+        )
         model_key = f"{run_prefix}/model.keras"
         objects.put_file(model_key, result.model_path)
     history = history_frame(result.history)
@@ -57,17 +86,29 @@ def fit_model(dataset: DatasetRef, params: TrainParams, run_prefix: str) -> Trai
     training = {
         "train_accuracy": result.train_accuracy,
         "val_accuracy": result.val_accuracy,
+        "kept_epoch": result.kept_epoch,
         "images_per_second": result.images_per_second,
         "seconds": result.seconds,
         "devices": result.devices,
+        "replicas": result.replicas,
+        "mixed_precision": result.mixed_precision,
+        "jit_compile": result.jit_compile,
+        "class_weights": result.class_weights,
+        "resumed_at_epoch": result.initial_epoch,
+        "checkpoint": objects.uri(checkpoint.prefix),
         "history": result.history,
     }
     objects.put_bytes(training_key, json.dumps(training, indent=2).encode())
     create_table_artifact(history.round(4).to_dict("records"), key=artifact_key("training-history"))
+    if result.initial_epoch == len(history):
+        say(f"the checkpoint holds this training finished ({len(history)} epochs): nothing to redo")
+    elif result.initial_epoch:
+        say(f"resumed from the checkpoint after epoch {result.initial_epoch}")
+    precision = "mixed float16" if result.mixed_precision else "float32"
     say(
         f"trained in {result.seconds:.0f}s ({result.images_per_second:.1f} images/s on "
-        f"{', '.join(result.devices)}): train accuracy {result.train_accuracy:.3f}, "
-        f"validation accuracy {result.val_accuracy:.3f}"
+        f"{', '.join(result.devices)}, {precision}): train accuracy {result.train_accuracy:.3f}, "
+        f"validation accuracy {result.val_accuracy:.3f} (epoch {result.kept_epoch})"
     )
     return TrainedModel(
         model_key=model_key,

@@ -1,9 +1,16 @@
-"""Training: history per epoch, a saved classifier without optimizer state, seeded repeatability."""
+"""Training: history per epoch, a saved float32 classifier without optimizer state, seeded
+repeatability, class weights, early stopping, resuming from S3 checkpoints and two replicas."""
 
 from __future__ import annotations
 
 import io
+import json
+import os
+import subprocess
+import sys
+import textwrap
 import zipfile
+from pathlib import Path
 
 import h5py
 import keras
@@ -11,26 +18,47 @@ import numpy as np
 import pytest
 
 from cxr_model.data import SplitArrays
-from cxr_model.train import TrainParams, train_model
+from cxr_model.model import build_model
+from cxr_model.train import (
+    Checkpoint,
+    TrainParams,
+    checkpoint_prefix,
+    choose_hardware,
+    class_weights,
+    fetch_weights,
+    train_model,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def learnable(n: int, seed: int = 0, grey: bool = True) -> SplitArrays:
+    """Bright-centred (covid) vs dark-centred (normal) 32 px images: learnable in an epoch or two.
+
+    ``grey``: three equal channels, as real x-rays come; else noise differs per channel.
+    """
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 60, (n, 32, 32, 1 if grey else 3), dtype=np.uint8)
+    labels = (np.arange(n) % 2).astype("float32")
+    images[labels == 1, 8:24, 8:24, :] += 150
+    images = np.repeat(images, 3, axis=-1) if grey else images
+    return SplitArrays(images, labels, [str(i) for i in range(n)])
 
 
 @pytest.fixture(scope="module")
 def arrays() -> SplitArrays:
-    """Bright-centred vs dark-centred images: learnable in a couple of epochs at 32 px."""
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 60, (48, 32, 32, 3), dtype=np.uint8)
-    labels = (np.arange(48) % 2).astype("float32")
-    images[labels == 1, 8:24, 8:24, :] += 150
-    return SplitArrays(images, labels, [str(i) for i in range(48)])
+    return learnable(48)
 
 
-def test_training_records_history_and_saves_an_uncompiled_classifier(arrays, tmp_path):
+def test_training_records_history_and_saves_an_uncompiled_classifier(tmp_path):
+    arrays = learnable(48, grey=False)  # the three-channel path (grey is the others')
     params = TrainParams(image_size=32, epochs=2, batch_size=16, seed=3)
     result = train_model(arrays, arrays, params, tmp_path)
     assert set(result.history) >= {"loss", "accuracy", "auc", "val_loss", "val_accuracy", "val_auc"}
     assert all(len(values) == 2 for values in result.history.values())
-    assert result.train_accuracy == result.history["accuracy"][-1]
-    assert result.images_per_second > 0 and result.devices
+    assert result.train_accuracy == result.history["accuracy"][-1] and result.kept_epoch == 2
+    assert result.images_per_second > 0 and result.devices == ["CPU:0"] and result.replicas == 1
+    assert result.class_weights == {0: 1.0, 1: 1.0}  # balanced data: equal weights
 
     with zipfile.ZipFile(result.model_path) as archive:
         assert '"compile_config": {}' in archive.read("config.json").decode()  # never compiled
@@ -39,7 +67,7 @@ def test_training_records_history_and_saves_an_uncompiled_classifier(arrays, tmp
     model = keras.saving.load_model(result.model_path, safe_mode=True, compile=False)
     assert getattr(model, "optimizer", None) is None
     assert [layer.name for layer in model.layers if "random" in layer.name] == []  # no augmentation
-    probabilities = model.predict(arrays.images.astype("float32"), verbose=0)
+    probabilities = model.predict(arrays.images, verbose=0)
     assert probabilities.shape == (48, 1)
 
 
@@ -48,4 +76,163 @@ def test_same_data_and_seed_give_the_same_metrics(arrays, tmp_path):
     first = train_model(arrays, arrays, params, tmp_path / "a")
     second = train_model(arrays, arrays, params, tmp_path / "b")
     assert first.history["loss"] == pytest.approx(second.history["loss"], rel=1e-4)
+    assert first.history["val_loss"] == pytest.approx(second.history["val_loss"], rel=1e-4)
     assert first.val_accuracy == pytest.approx(second.val_accuracy)
+
+
+def test_balanced_class_weights_make_both_classes_count_equally():
+    labels = np.array([0, 0, 0, 1], dtype="float32")
+    weights = class_weights(labels, "balanced")
+    assert weights == pytest.approx({0: 4 / (2 * 3), 1: 4 / (2 * 1)})
+    assert weights[0] * 3 == pytest.approx(weights[1] * 1)
+    assert class_weights(labels, "none") is None
+
+
+def test_early_stopping_keeps_the_best_epoch(arrays, tmp_path):
+    # validation labels are the opposite of training's: the better the model learns, the worse
+    # its validation loss, so it stops early and must keep the best (earliest) weights
+    flipped = SplitArrays(arrays.images, 1 - arrays.labels, arrays.keys)
+    params = TrainParams(image_size=32, epochs=6, batch_size=16, seed=2, patience=1)
+    result = train_model(arrays, flipped, params, tmp_path)
+    val_losses = result.history["val_loss"]
+    assert len(val_losses) < params.epochs  # stopped early
+    assert result.kept_epoch == 1 + int(np.argmin(val_losses))
+    assert result.val_accuracy == result.history["val_accuracy"][result.kept_epoch - 1]
+    model = keras.saving.load_model(result.model_path, safe_mode=True, compile=False)
+    probabilities = model.predict(flipped.images, verbose=0)
+    loss = keras.losses.BinaryCrossentropy()(flipped.labels[:, None], probabilities)
+    assert float(loss) == pytest.approx(min(val_losses), rel=1e-4)
+
+
+class Crash(keras.callbacks.Callback):
+    """Stands for a killed worker: fails once the first epoch (and its checkpoint) is done."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.weights = self.model.get_weights()
+        raise RuntimeError("simulated crash")
+
+
+class Watch(keras.callbacks.Callback):
+    """Records where a run starts from and which epochs it runs."""
+
+    def __init__(self):
+        super().__init__()
+        self.epochs: list[int] = []
+
+    def on_train_begin(self, logs=None):
+        self.start_weights = self.model.get_weights()
+        self.start_steps = int(self.model.optimizer.iterations.numpy())
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epochs.append(epoch)
+
+
+def test_a_crashed_run_resumes_from_its_last_checkpoint(arrays, store, tmp_path):
+    params = TrainParams(image_size=32, epochs=2, batch_size=16, seed=5, patience=5)
+    checkpoint = Checkpoint(store, checkpoint_prefix("dataset-1", params))
+    crash = Crash()
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train_model(
+            arrays, arrays, params, tmp_path / "a", checkpoint=checkpoint, callbacks=[crash]
+        )
+    saved = checkpoint.latest()
+    assert saved["epochs_done"] == 1 and len(saved["history"]["loss"]) == 1
+
+    watch = Watch()
+    result = train_model(
+        arrays, arrays, params, tmp_path / "b", checkpoint=checkpoint, callbacks=[watch]
+    )
+    assert result.initial_epoch == 1 and watch.epochs == [1]  # epoch 1 was not run again
+    assert watch.start_steps == 3  # Adam's state came back: 48 images / 16 per step
+    for resumed, crashed in zip(watch.start_weights, crash.weights, strict=True):
+        np.testing.assert_array_equal(resumed, crashed)
+    assert len(result.history["loss"]) == params.epochs
+    assert result.history["loss"][0] == saved["history"]["loss"][0]
+    assert checkpoint.latest()["epochs_done"] == 2
+
+    # a rerun of a finished run trains nothing and keeps the best epoch's weights
+    done = train_model(arrays, arrays, params, tmp_path / "c", checkpoint=checkpoint)
+    assert done.initial_epoch == 2 and done.images_per_second == 0.0
+    assert done.history == result.history
+    assert done.kept_epoch == 1 + int(np.argmin(result.history["val_loss"]))
+
+
+def test_checkpoint_prefix_is_stable_per_dataset_and_params():
+    params = TrainParams(epochs=3)
+    assert checkpoint_prefix("d1", params) == checkpoint_prefix("d1", TrainParams(epochs=3))
+    assert checkpoint_prefix("d1", params) != checkpoint_prefix("d1", TrainParams(epochs=4))
+    assert checkpoint_prefix("d1", params).startswith("checkpoints/d1/")
+    assert checkpoint_prefix("d1", params) != checkpoint_prefix("d2", params)
+
+
+def test_initial_weights_come_from_s3(store, tmp_path):
+    start = build_model("compact_cnn", 32)
+    start.save_weights(tmp_path / "start.weights.h5")
+    store.put_file("weights/start.weights.h5", tmp_path / "start.weights.h5")
+    local = fetch_weights(store, store.uri("weights/start.weights.h5"), tmp_path / "fetched")
+    rebuilt = build_model("compact_cnn", 32, weights=local)
+    pixels = learnable(4).images.astype("float32")
+    np.testing.assert_array_equal(np.asarray(rebuilt(pixels)), np.asarray(start(pixels)))
+
+
+def test_cpu_hardware_and_mixed_precision_training(arrays, tmp_path):
+    cpu = choose_hardware(TrainParams())
+    assert (cpu.devices, cpu.replicas, cpu.mixed_precision, cpu.jit_compile) == (
+        ["CPU:0"],
+        1,
+        False,
+        False,
+    )
+    params = TrainParams(image_size=32, epochs=1, batch_size=16, mixed_precision="on")
+    result = train_model(arrays, arrays, params, tmp_path)
+    assert result.mixed_precision and keras.config.dtype_policy().name == "float32"
+    model = keras.saving.load_model(result.model_path, safe_mode=True, compile=False)
+    assert {layer.dtype_policy.name for layer in model.layers} == {"float32"}  # saved plain
+    assert np.isfinite(model.predict(arrays.images, verbose=0)).all()
+
+
+def test_unknown_architecture_is_refused_in_the_params():
+    with pytest.raises(ValueError, match="unknown architecture 'vgg99'"):
+        TrainParams(architecture="vgg99")
+
+
+TWO_REPLICAS = textwrap.dedent(
+    """
+    import json, sys
+    import tensorflow as tf
+
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+
+    import keras
+    import numpy as np
+    from pathlib import Path
+    from cxr_model.train import TrainParams, train_model
+    from tests.test_train import learnable
+
+    arrays = learnable(32)
+    params = TrainParams(image_size=32, epochs=1, batch_size=16)
+    result = train_model(arrays, arrays, params, Path(sys.argv[1]), devices=["/cpu:0", "/cpu:1"])
+    model = keras.saving.load_model(result.model_path, compile=False, safe_mode=True)
+    probabilities = model.predict(arrays.images, verbose=0)
+    print(json.dumps({"replicas": result.replicas, "devices": result.devices,
+                      "finite": bool(np.isfinite(probabilities).all()),
+                      "epochs": len(result.history["loss"])}))
+    """
+)
+
+
+def test_two_replicas_train_with_mirrored_strategy(tmp_path):
+    # TensorFlow's devices are fixed at its first use, so the split CPU needs a fresh process
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    done = subprocess.run(
+        [sys.executable, "-c", TWO_REPLICAS, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report == {"replicas": 2, "devices": ["CPU:0", "CPU:1"], "finite": True, "epochs": 1}
