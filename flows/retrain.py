@@ -1,4 +1,8 @@
-"""The retraining flow: get images → check them → sort them → train → evaluate → register."""
+"""The retraining flow: get images → check them → sort them → train → evaluate → register.
+
+The new model becomes champion only through the promotion gate: it must meet the minimums and be
+no worse than the current champion evaluated on the same validation images.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +11,14 @@ from datetime import UTC, datetime
 from prefect import flow
 from pydantic import BaseModel, Field
 
-from cxr_model.evaluate import Evaluation
+from cxr_model.evaluate import Evaluation, ThresholdRule
+from cxr_model.gate import GateSettings
 from cxr_model.quality import QualitySettings
 from cxr_model.split import SplitParams
 from cxr_model.train import TrainParams
 from tasks.common import run_prefix
-from tasks.evaluate import evaluate_model
+from tasks.crossval import combine_folds, fit_fold
+from tasks.evaluate import evaluate_champion, evaluate_model
 from tasks.ingest import IngestResult, get_images
 from tasks.quality import QualityResult, check_images
 from tasks.registry import RegisteredModel, register_model
@@ -31,6 +37,19 @@ class RetrainParams(BaseModel):
     quality: QualitySettings = Field(default_factory=QualitySettings)
     split: SplitParams = Field(default_factory=SplitParams)
     training: TrainParams = Field(default_factory=TrainParams)
+    cv_folds: int = Field(
+        default=1,
+        ge=1,
+        le=20,
+        description="1: one model trained on Train. K ≥ 2: K-fold cross-validation by patient on "
+        "Train (per-fold metrics, out-of-fold predictions), registering the fold models' average.",
+    )
+    threshold: ThresholdRule = Field(
+        default_factory=ThresholdRule, description="How the decision threshold is chosen."
+    )
+    gate: GateSettings = Field(
+        default_factory=GateSettings, description="What a new model must show to become champion."
+    )
 
 
 class RetrainResult(BaseModel):
@@ -55,9 +74,28 @@ def retrain(params: RetrainParams) -> RetrainResult:
     images = get_images(params.sources)
     quality = check_images(images.manifest_key, params.quality, f"{prefix}/quality")
     dataset = sort_images(quality.accepted_key, params.split, params.quality, f"{prefix}/quality")
-    trained = fit_model(dataset, params.training, prefix)
-    evaluation = evaluate_model(trained, dataset, prefix)
-    registered = register_model(trained, evaluation, dataset, params.model_dump())
+    if params.cv_folds > 1:
+        folds = [
+            fit_fold(dataset, params.training, fold, params.cv_folds, prefix)
+            for fold in range(params.cv_folds)
+        ]
+        trained = combine_folds(folds, params.training, prefix)
+    else:
+        trained = fit_model(dataset, params.training, prefix)
+    evaluation = evaluate_model(
+        trained.model_key, params.training.image_size, dataset, params.threshold, prefix
+    )
+    champion = evaluate_champion(dataset, params.threshold)
+    registered = register_model(
+        trained,
+        evaluation,
+        champion,
+        params.gate,
+        dataset,
+        quality.report_key,
+        quality.accepted_key,
+        params.model_dump(),
+    )
     return RetrainResult(
         ingest=images,
         quality=quality,

@@ -28,6 +28,7 @@ class QualityResult(BaseModel):
     accepted: int
     rejected: int
     report_uri: str
+    report_key: str  # the full report (JSON), with the shortcut audit
     docs_uri: str
     docs_local: str
     warnings: list[str]
@@ -71,6 +72,7 @@ def check_images(manifest_key: str, settings: QualitySettings, report_prefix: st
         accepted=len(accepted),
         rejected=len(report.rejected),
         report_uri=objects.uri(f"{report_prefix}/report.md"),
+        report_key=f"{report_prefix}/report.json",
         docs_uri=docs_uri,
         docs_local=str((docs_dir / "index.html").resolve()),
         warnings=[w.summary for w in report.warnings],

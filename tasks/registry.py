@@ -1,4 +1,4 @@
-"""Register: store the staged model as a new immutable version and point an alias at it."""
+"""Register: store the trained model as a new immutable version, gate it, and write its card."""
 
 from __future__ import annotations
 
@@ -8,21 +8,36 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel
 
+from cxr_model.card import render_model_card
 from cxr_model.config import get_settings
 from cxr_model.evaluate import Evaluation
-from cxr_model.registry import CANDIDATE, CHAMPION, Registry
+from cxr_model.gate import GateDecision, GateSettings, decide, gate_markdown
+from cxr_model.manifest import read_csv
+from cxr_model.quality import QualityReport
+from cxr_model.registry import Registry
 from tasks.common import TRANSIENT_RETRIES, artifact_key, say, store
 from tasks.split import DatasetRef
 from tasks.train import TrainedModel
 
+CARD_FILE = "model_card.md"
+
+
+class ChampionEvaluation(BaseModel):
+    """The champion's version and its metrics on a run's validation split."""
+
+    version: int
+    evaluation: Evaluation
+
 
 class RegisteredModel(BaseModel):
-    """A registered version and the alias this run gave it."""
+    """A registered version, the alias the gate gave it, and why."""
 
     name: str
     version: int
     alias: str
+    reason: str
     uri: str
+    card_uri: str
     model_bytes: int
 
 
@@ -31,47 +46,85 @@ def registry() -> Registry:
     return Registry(store(), settings.model_name, settings.cache_dir)
 
 
+def dataset_sources(accepted_key: str) -> list[dict]:
+    """Images per source and label of the accepted images, with each source's licenses."""
+    images = read_csv(store(), accepted_key)
+    images["license"] = images["license"].fillna("not stated")
+    rows = images.groupby(["source", "label"]).agg(
+        images=("key", "size"), license=("license", lambda v: ", ".join(sorted(set(v))))
+    )
+    return rows.reset_index().to_dict("records")
+
+
+def dataset_audit(quality_report_key: str) -> dict | None:
+    """The shortcut audit of the dataset, from the data-quality report of the run."""
+    report = QualityReport.model_validate_json(store().get_bytes(quality_report_key))
+    return report.audit.model_dump() if report.audit else None
+
+
 @task(name="register-model", **TRANSIENT_RETRIES)
 def register_model(
-    trained: TrainedModel, evaluation: Evaluation, dataset: DatasetRef, parameters: dict
+    trained: TrainedModel,
+    evaluation: Evaluation,
+    champion: ChampionEvaluation | None,
+    gate: GateSettings,
+    dataset: DatasetRef,
+    quality_report_key: str,
+    accepted_key: str,
+    parameters: dict,
 ) -> RegisteredModel:
-    """Register the model; the first version becomes champion, later ones candidate."""
+    """Register the model, then let the gate decide: ``champion`` or ``candidate``, with a reason.
+
+    ``champion`` is the current champion's version and its metrics on the same Val split.
+    """
     objects = store()
     models = registry()
     local = get_settings().cache_dir / trained.model_key
     if not local.exists():
         objects.download(trained.model_key, local)
-    training = json.loads(objects.get_bytes(trained.training_key))
+    decision: GateDecision = decide(
+        evaluation,
+        champion.evaluation if champion else None,
+        gate,
+        champion_version=champion.version if champion else None,
+    )
     card = models.register(
         local,
         threshold=evaluation.threshold,
         metrics=evaluation.model_dump(),
-        training=training,
+        training=json.loads(objects.get_bytes(trained.training_key)),
         parameters=parameters,
         dataset_id=dataset.dataset_id,
+        notes=[f"gate: {decision.reason}"],
     )
-    if models.set_alias(CHAMPION, card.version, reason="first model", only_if_absent=True):
-        alias = CHAMPION
-    else:
-        # A promotion gate that compares with the champion arrives later; until then a human
-        # promotes candidates (`cxr registry promote`).
-        models.set_alias(CANDIDATE, card.version, reason="trained while a champion exists")
-        alias = CANDIDATE
+    models.set_alias(decision.alias, card.version, reason=decision.reason)
+    markdown = render_model_card(
+        card,
+        evaluation=evaluation,
+        gate=decision,
+        sources=dataset_sources(accepted_key),
+        audit=dataset_audit(quality_report_key),
+    )
+    card_key = models.attach(card.version, CARD_FILE, markdown.encode())
+    models.attach(card.version, "gate.json", decision.model_dump_json(indent=2).encode())
     result = RegisteredModel(
         name=card.name,
         version=card.version,
-        alias=alias,
+        alias=decision.alias,
+        reason=decision.reason,
         uri=models.version_uri(card.version),
+        card_uri=objects.uri(card_key),
         model_bytes=card.model_bytes,
     )
     create_markdown_artifact(
         markdown=(
-            f"### Registered {card.name} v{card.version} ({alias})\n\n"
-            f"- location: `{result.uri}`\n- model sha256: `{card.model_sha256}`\n"
-            f"- size: {card.model_bytes / 1e6:.1f} MB\n- dataset: `{card.dataset_id}`\n"
-            f"- validation accuracy {evaluation.accuracy:.3f}, AUC {evaluation.auc}"
+            f"### Registered {card.name} v{card.version} as **{decision.alias}**\n\n"
+            f"- location: `{result.uri}`\n- model card: `{result.card_uri}`\n"
+            f"- size: {card.model_bytes / 1e6:.1f} MB\n- dataset: `{card.dataset_id}`\n\n"
+            + gate_markdown(decision)
         ),
         key=artifact_key("registered-model"),
     )
-    say(f"registered {card.name} version {card.version} as {alias} at {result.uri}")
+    create_markdown_artifact(markdown=markdown, key=artifact_key("model-card"))
+    say(f"registered {card.name} v{card.version} as {decision.alias}: {decision.reason}")
     return result

@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from cxr_model.gate import GateSettings
 from cxr_model.manifest import read_csv
 from cxr_model.quality import QualitySettings
 from cxr_model.registry import CHAMPION
@@ -56,6 +57,8 @@ def test_retrain_then_score_real_xrays(
         quality=QualitySettings(min_rows=20),
         split=SplitParams(val_fraction=0.25, seed=1),
         training=TrainParams(image_size=48, epochs=1, batch_size=16),
+        # one epoch at 48 px proves the plumbing, not a model: no minimums for the first version
+        gate=GateSettings(min_auc=0.0, min_sensitivity=0.0),
     )
     result = retrain(params)
     assert result.ingest.files == 77
@@ -82,11 +85,16 @@ def test_retrain_then_score_real_xrays(
     probabilities = predictions["probability_covid"].astype(float)
     assert probabilities.between(0, 1).all()
 
-    # a second run on the same data stores no new raw image and registers version 2
-    again = retrain(params)
+    # a second run on the same data stores no new raw image and registers version 2; a gate it
+    # cannot pass keeps it a candidate, with the reason on the card
+    strict = params.model_copy(update={"gate": GateSettings(min_auc=0.999, min_sensitivity=0.0)})
+    again = retrain(strict)
     assert again.ingest.stored_now == 0
     assert again.dataset.dataset_id == result.dataset.dataset_id
     assert (again.registered.version, again.registered.alias) == (2, "candidate")
+    assert "0.999" in again.registered.reason
+    card = store.get_bytes(again.registered.card_uri.split(f"s3://{store.bucket}/")[1]).decode()
+    assert "not for diagnosis" in card.lower() and "0.999" in card
 
     _check_cli(settings, tmp_path)
 
