@@ -145,13 +145,17 @@ def demo(
         f"registered:          {r.registered.name} version {r.registered.version} "
         f"(alias {r.registered.alias}) at {r.registered.uri}"
     )
+    console.print(f"promotion gate:      {r.registered.reason}")
+    console.print(f"model card:          {r.registered.card_uri}")
     console.print(f"data quality report: {r.quality.report_uri}")
     console.print(
         f"data docs:           {r.quality.docs_uri}  (local: file://{r.quality.docs_local})"
     )
     console.print(
-        f"evaluation:          AUC {r.evaluation.auc}, sensitivity {r.evaluation.sensitivity}, "
-        f"specificity {r.evaluation.specificity}"
+        f"evaluation:          AUC {r.evaluation.auc:.3f} (95% CI {r.evaluation.auc_ci_low:.3f}–"
+        f"{r.evaluation.auc_ci_high:.3f}), sensitivity {r.evaluation.sensitivity:.3f}, "
+        f"specificity {r.evaluation.specificity:.3f} at threshold {r.evaluation.threshold:.3f} "
+        f"({r.evaluation.threshold_rule})"
     )
     console.print(
         f"predictions:         {result.score.predictions_uri} "
@@ -192,9 +196,19 @@ def train(
     learning_rate: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-3,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 42,
     val_fraction: Annotated[float, typer.Option(help="Share of patients for validation.")] = 0.2,
+    architecture: Annotated[
+        str,
+        typer.Option(help="seed_cnn, compact_cnn, densenet121, efficientnetb0 or resnet50."),
+    ] = "seed_cnn",
+    cv_folds: Annotated[
+        int, typer.Option(help="K ≥ 2: cross-validate by patient and register the K-model average.")
+    ] = 1,
+    patience: Annotated[
+        int | None, typer.Option(help="Early stopping after this many epochs without progress.")
+    ] = None,
     verbose: Verbose = False,
 ) -> None:
-    """Retrain on SOURCES: get images → check → split → train → evaluate → register."""
+    """Retrain on SOURCES: get images → check → split → train → evaluate → gate → register."""
     _configure(verbose)
     from cxr_model.split import SplitParams
     from cxr_model.train import TrainParams
@@ -203,7 +217,10 @@ def train(
     params = RetrainParams(
         sources=sources,
         split=SplitParams(val_fraction=val_fraction, seed=seed),
+        cv_folds=cv_folds,
         training=TrainParams(
+            architecture=architecture,
+            patience=patience,
             epochs=epochs,
             image_size=image_size,
             batch_size=batch_size,
@@ -220,6 +237,8 @@ def train(
         f"registered {r.registered.name} version {r.registered.version} "
         f"(alias {r.registered.alias}) at {r.registered.uri}"
     )
+    console.print(r.registered.reason)
+    console.print(f"model card: {r.registered.card_uri}")
 
 
 @app.command()
