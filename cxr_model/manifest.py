@@ -14,13 +14,10 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import multiprocessing
-import os
 import threading
 from collections import deque
 from collections.abc import Callable, Collection, Iterable, Iterator
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import TypeVar
 
@@ -63,9 +60,6 @@ FACT_COLUMNS = [
 ]
 IMAGE_COLUMNS = INGEST_COLUMNS + FACT_COLUMNS
 PARALLEL_IO = 8
-# Decoding is CPU-bound and holds the GIL: it runs in worker processes, one per core, while
-# threads read and store bytes. "spawn" because the caller may already run threads (boto3, Prefect).
-INSPECT_PROCESSES = os.cpu_count() or 1
 
 
 def raw_key(sha256: str) -> str:
@@ -107,7 +101,8 @@ def ingest_record(
 ) -> IngestedImage:
     """Store one record's bytes under their sha256 unless already there (never twice).
 
-    The bytes are decoded in an inspection process while they are being stored.
+    ``already_stored`` holds raw keys known to exist (from one listing), so no request is spent
+    asking the store about each file.
     """
     meta = _record_fields(record)
     key = f"{record.source}/{record.original_path}"
@@ -119,7 +114,6 @@ def ingest_record(
             key=key, raw_key="", sha256="", read_error=error, facts=unread_facts(error), **meta
         )
     sha256 = hashlib.sha256(data).hexdigest()
-    inspection = _inspect_elsewhere(data)
     content_key = raw_key(sha256)
     stored_now = False
     if content_key not in already_stored:
@@ -135,40 +129,9 @@ def ingest_record(
         raw_key=content_key,
         sha256=sha256,
         stored_now=stored_now,
-        facts=_inspected(inspection, data),
+        facts=imaging.inspect_facts(data),
         **meta,
     )
-
-
-_pool_lock = threading.Lock()
-_inspection_pool: Executor | None = None
-
-
-def _inspect_elsewhere(data: bytes) -> Future[dict] | None:
-    """Start inspecting ``data`` in the shared process pool (None: inspect in this thread)."""
-    global _inspection_pool
-    if INSPECT_PROCESSES < 2:
-        return None
-    with _pool_lock:
-        if _inspection_pool is None:
-            _inspection_pool = ProcessPoolExecutor(
-                INSPECT_PROCESSES, mp_context=multiprocessing.get_context("spawn")
-            )
-        try:
-            return _inspection_pool.submit(imaging.inspect_facts, data, imaging.MAX_PIXELS)
-        except BrokenProcessPool:
-            _inspection_pool = None
-            return None
-
-
-def _inspected(inspection: Future[dict] | None, data: bytes) -> dict:
-    """The facts from the pool, or from this thread when there is no pool or it broke."""
-    if inspection is not None:
-        try:
-            return inspection.result()
-        except BrokenProcessPool:
-            pass  # a worker died (killed from outside): inspect here rather than lose the file
-    return imaging.inspect_facts(data)
 
 
 class IngestIndex:
