@@ -7,16 +7,17 @@ file is skipped.
 
 **Scores are kept by content and model version**, so that no image is predicted twice:
 
-- ``scores/<model name>/v<version>/<ab>/<sha256>.json`` (:class:`ScoreStore`) holds the
-  probability that version gave to the image with that sha256, when, and by which run. It is
-  written create-only after the image was predicted and never changes; when two runs race on the
-  same image, the first write stays. Listing ``scores/<model name>/v<version>/`` tells which
-  contents a version has scored.
-- Scoring a chunk (:func:`score_chunk`) reads each file once, hashes it and looks the sha256 up.
-  Found: the stored probability is used (``reused=True``). Not found: the image is decoded and
-  predicted, and its score stored before the chunk returns. Files with the same content at
-  several paths are predicted once per chunk, and every path gets its row. The label is applied
-  from the probability in each run, so a threshold override reuses stored scores as well.
+- ``scores/<model name>/v<version>/batches/<UTC time>-<random>.json`` (:class:`ScoreStore`) each
+  hold the probabilities one chunk's newly predicted images got from that version, by sha256,
+  with when and by which run. A batch is written create-only, once per chunk, after its images
+  were predicted, and never changes. When two runs race on the same image, both batches hold
+  it and the batch whose key sorts first (the earlier one) is the one every reader uses.
+- Scoring a chunk (:func:`score_chunk`) reads each file once and hashes it, then looks all its
+  sha256 up at once. Found: the stored probability is used (``reused=True``). Not found: the
+  image is decoded and predicted, and the chunk's new scores stored before it returns. Files with
+  the same content at several paths are predicted once per chunk, and every path gets its row.
+  The label is applied from the probability in each run, so a threshold override reuses stored
+  scores as well.
 - Files that cannot be read or decoded are not stored: they get an error row in every run (a
   fixed decoder may read them next time).
 - A run writes each chunk's rows under its own output prefix as the chunk finishes, then
@@ -26,7 +27,14 @@ file is skipped.
 - ``only_new`` (the inbox): rows whose content was scored by another run are left out and counted
   as ``skipped``; content scored earlier in the same run (a retried chunk) is kept.
 
-Cost: one GET per file per run for the lookup and one small PUT per newly predicted image.
+Speed: within a chunk, files are read, hashed and decoded in threads while the model predicts
+whole batches of :data:`PREDICT_BATCH` (Pillow and TensorFlow release the GIL), so the model
+does not wait for the files. Store requests per chunk: one listing of the version's batches
+(per 1,000 batches), one GET per batch this process has not read yet, and one PUT of the
+chunk's new scores. Per file there is no store request (beyond reading ``s3://`` inputs): a
+lookup and a write per file cost several milliseconds of CPU (boto3 and the server), a large
+share of the ~25 ms of CPU the study's CNN needs per 224 px image (``bench/score_throughput.py``
+measured the whole path without the model at ~15 ms of CPU per image that way, ~3 ms now).
 """
 
 from __future__ import annotations
@@ -35,12 +43,13 @@ import csv
 import hashlib
 import io
 import os
+import secrets
 import tempfile
 import threading
-from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from itertools import islice
 from pathlib import Path
@@ -52,7 +61,7 @@ from botocore.exceptions import ClientError
 from pydantic import BaseModel
 
 from cxr_model.images import ImageError, to_model_input
-from cxr_model.storage import AlreadyExists, ObjectStore, parse_s3_uri
+from cxr_model.storage import ObjectStore, parse_s3_uri
 
 if TYPE_CHECKING:
     import keras
@@ -70,10 +79,15 @@ PREDICTION_COLUMNS = [
 OK, ERROR = "ok", "error"
 COVID, NORMAL = "covid", "normal"
 SCORES_PREFIX = "scores"
+BATCHES_FOLDER = "batches"
+BATCH_TOKEN_BYTES = 4  # random hex in a batch's key, so two chunks never pick the same key
 PREDICT_BATCH = 32
-# Files of a chunk read, hashed, looked up and decoded at once: reads wait on the store or disk,
-# and Pillow's decoders release the GIL.
+# Files of a chunk read and hashed at once: reads mostly wait on the store or the disk.
 PARALLEL_READS = 8
+# Files of a chunk decoded at once: decoding is CPU work (Pillow releases the GIL), and more
+# threads than cores only add switching (measured: ~20% more CPU per image with 8 on 2 cores).
+DECODE_THREADS = os.cpu_count() or 1
+DECODE_AHEAD = 2 * PREDICT_BATCH  # decoded images waiting for the model, at most, per chunk
 MISSING_KEY_CODES = {"NoSuchKey", "404"}
 
 Predict = Callable[[np.ndarray], np.ndarray]
@@ -142,43 +156,90 @@ class StoredScore(BaseModel):
     run: str
 
 
+class ScoreBatch(BaseModel):
+    """The scores one chunk stored: probability by sha256, when, and by which run."""
+
+    run: str
+    scored_at: str
+    probabilities: dict[str, float]
+
+
 class ScoreStore:
-    """Stored scores of one model version, by image sha256 (see the module docstring)."""
+    """Stored scores of one model version, by image sha256 (see the module docstring).
+
+    An instance remembers the batches it has read and reads only newer ones, so one instance
+    should serve every chunk a process scores with a version; it is safe to share between
+    threads. It holds every score of the version in memory, about 0.2 KB each.
+    """
 
     def __init__(self, store: ObjectStore, model_name: str, version: int):
         self.store = store
         self.version = version
-        self.prefix = f"{SCORES_PREFIX}/{model_name}/v{version}"
+        self.prefix = f"{SCORES_PREFIX}/{model_name}/v{version}/{BATCHES_FOLDER}/"
+        self._lock = threading.Lock()
+        self._batch_numbers: dict[str, int] = {}  # batch key → its position in _batches
+        self._batches: list[tuple[str, str, str]] = []  # (key, run, scored_at)
+        self._best: dict[str, tuple[int, float]] = {}  # sha256 → (batch number, probability)
 
-    def key(self, sha256: str) -> str:
-        return f"{self.prefix}/{sha256[:2]}/{sha256}.json"
+    def lookup(self, sha256s: Iterable[str]) -> dict[str, StoredScore]:
+        """The stored scores of those of ``sha256s`` this version has scored, by sha256."""
+        with self._lock:
+            self._catch_up()
+            return {sha: self._stored(sha) for sha in set(sha256s) if sha in self._best}
 
-    def lookup(self, sha256: str) -> StoredScore | None:
-        found = self.store.get_with_etag(self.key(sha256))
-        return StoredScore.model_validate_json(found[0]) if found else None
-
-    def save(self, sha256: str, probability: float, run: str) -> None:
-        """Store a score once; a score already stored (by a concurrent run) is kept."""
-        score = StoredScore(
-            sha256=sha256,
-            probability_covid=probability,
-            scored_at=datetime.now(UTC).isoformat(timespec="seconds"),
+    def save(self, probabilities: Mapping[str, float], run: str) -> None:
+        """Store new scores as one create-only batch; with no scores nothing is written."""
+        if not probabilities:
+            return
+        now = datetime.now(UTC)
+        batch = ScoreBatch(
             run=run,
+            scored_at=now.isoformat(timespec="seconds"),
+            probabilities=dict(probabilities),
         )
-        try:
-            self.store.put_bytes(
-                self.key(sha256),
-                score.model_dump_json().encode(),
-                content_type="application/json",
-                create_only=True,
-            )
-        except AlreadyExists:
-            pass  # same bytes, same model: the stored probability is the same one
+        key = f"{self.prefix}{now:%Y%m%dT%H%M%S%fZ}-{secrets.token_hex(BATCH_TOKEN_BYTES)}.json"
+        self.store.put_bytes(
+            key, batch.model_dump_json().encode(), content_type="application/json", create_only=True
+        )
+        with self._lock:
+            self._add(key, batch)
 
-    def scored(self) -> Iterator[str]:
-        """The sha256 of every content this version has a score for, streamed."""
-        for key in self.store.list_keys(self.prefix + "/"):
-            yield key.rsplit("/", 1)[-1].removesuffix(".json")
+    def scored(self) -> set[str]:
+        """The sha256 of every content this version has a score for."""
+        with self._lock:
+            self._catch_up()
+            return set(self._best)
+
+    def _catch_up(self) -> None:
+        """Read the batches stored since the last look; start again if some were deleted."""
+        listed = [key for key in self.store.list_keys(self.prefix) if key.endswith(".json")]
+        if not self._batch_numbers.keys() <= set(listed):
+            self._batch_numbers, self._batches, self._best = {}, [], {}
+        unread = [key for key in listed if key not in self._batch_numbers]
+        if not unread:
+            return
+        with ThreadPoolExecutor(max_workers=PARALLEL_READS) as pool:
+            for key, data in zip(unread, pool.map(self.store.get_bytes, unread), strict=True):
+                self._add(key, ScoreBatch.model_validate_json(data))
+
+    def _add(self, key: str, batch: ScoreBatch) -> None:
+        """Take in a batch; where a content is in several, the batch whose key sorts first wins."""
+        if key in self._batch_numbers:
+            return
+        number = len(self._batches)
+        self._batch_numbers[key] = number
+        self._batches.append((key, batch.run, batch.scored_at))
+        for sha256, probability in batch.probabilities.items():
+            held = self._best.get(sha256)
+            if held is None or key < self._batches[held[0]][0]:
+                self._best[sha256] = (number, probability)
+
+    def _stored(self, sha256: str) -> StoredScore:
+        number, probability = self._best[sha256]
+        _, run, scored_at = self._batches[number]
+        return StoredScore(
+            sha256=sha256, probability_covid=probability, scored_at=scored_at, run=run
+        )
 
 
 def list_inputs(location: str, store: ObjectStore) -> Iterator[str]:
@@ -233,59 +294,114 @@ def read_input(path: str, store: ObjectStore) -> bytes:
 
 
 def keras_predictor(model: keras.Model) -> Predict:
-    """:data:`Predict` for a Keras model, one call at a time per model.
+    """:data:`Predict` for a Keras model: ``predict_on_batch`` on whole batches, one at a time.
 
-    TensorFlow already spreads one batch over every core, and Keras builds its predict function
-    lazily on first use, so concurrent chunks take turns at the model (reading and decoding
-    still overlap). Inputs are padded to whole batches: every batch then has the same shape, and
-    TensorFlow traces the predict function once instead of once per leftover batch size.
+    ``predict_on_batch`` skips what ``model.predict`` sets up on every call (a data adapter, an
+    iterator, callbacks). Inputs are padded to whole batches of :data:`PREDICT_BATCH`: every batch
+    then has the same shape, and TensorFlow traces the predict function once instead of once
+    per leftover size. TensorFlow already spreads one batch over every core, so concurrent
+    chunks take turns at the model batch by batch, while their reading and decoding go on.
     """
     lock = threading.Lock()
 
     def predict(pixels: np.ndarray) -> np.ndarray:
-        padding = np.zeros((-len(pixels) % PREDICT_BATCH, *pixels.shape[1:]), pixels.dtype)
-        with lock:
-            probabilities = model.predict(
-                np.concatenate([pixels, padding]), batch_size=PREDICT_BATCH, verbose=0
-            )
-        return probabilities.reshape(-1)[: len(pixels)]
+        probabilities = [np.empty(0, np.float32)]
+        for start in range(0, len(pixels), PREDICT_BATCH):
+            batch = pixels[start : start + PREDICT_BATCH].astype(np.float32, copy=False)
+            padding = np.zeros((PREDICT_BATCH - len(batch), *batch.shape[1:]), np.float32)
+            whole = np.concatenate([batch, padding]) if len(padding) else batch
+            with lock:
+                predicted = model.predict_on_batch(whole)
+            probabilities.append(np.asarray(predicted).reshape(-1)[: len(batch)])
+        return np.concatenate(probabilities)
 
     return predict
 
 
 @dataclass(frozen=True)
-class _Examined:
-    """One file after reading: its content's stored score, or its pixels, or why neither."""
+class _File:
+    """One input file after reading: its bytes and sha256, or why it could not be read."""
 
     path: str
-    sha256: str
-    stored: StoredScore | None = None
-    pixels: np.ndarray | None = None
+    sha256: str = ""
+    data: bytes | None = None
     error: str | None = None
 
 
-def _examine(path: str, store: ObjectStore, scores: ScoreStore, image_size: int) -> _Examined:
-    sha256 = ""
+def _why(exc: OSError | ImageError) -> str:
+    return exc.reason if isinstance(exc, ImageError) else f"cannot read: {exc}"
+
+
+def _read(path: str, store: ObjectStore) -> _File:
     try:
         data = read_input(path, store)
-        sha256 = hashlib.sha256(data).hexdigest()
-        stored = scores.lookup(sha256)
-        if stored is not None:
-            return _Examined(path, sha256, stored=stored)
-        return _Examined(path, sha256, pixels=to_model_input(data, image_size, name=path))
+    except OSError as exc:
+        return _File(path, error=_why(exc))
+    return _File(path, hashlib.sha256(data).hexdigest(), data)
+
+
+def _decode(file: _File, image_size: int) -> np.ndarray | str:
+    """The model input of a file's bytes, or why it cannot be one."""
+    try:
+        return to_model_input(file.data or b"", image_size, name=file.path)
     except (OSError, ImageError) as exc:
-        reason = exc.reason if isinstance(exc, ImageError) else f"cannot read: {exc}"
-        return _Examined(path, sha256, error=reason)
+        return _why(exc)
 
 
-def _predict_new(examined: list[_Examined], predict: Predict) -> dict[str, float]:
-    """Probabilities of the contents without a stored score, each content predicted once."""
-    pixels = {item.sha256: item.pixels for item in examined if item.pixels is not None}
-    if not pixels:
-        return {}
-    batch = np.stack(list(pixels.values())).astype(np.float32)
-    probabilities = predict(batch)
-    return {sha: float(p) for sha, p in zip(pixels, probabilities, strict=True)}
+def _new_contents(files: list[_File], stored: Mapping[str, StoredScore]) -> deque[_File]:
+    """The first readable file of each content without a stored score, in input order."""
+    first: dict[str, _File] = {}
+    for file in files:
+        if file.error is None and file.sha256 not in stored:
+            first.setdefault(file.sha256, file)
+    return deque(first.values())
+
+
+def _decoded(
+    new: deque[_File], pool: ThreadPoolExecutor, image_size: int
+) -> Iterator[tuple[str, np.ndarray | str]]:
+    """``(sha256, model input or why not)`` of each file in ``new``, in order, emptying ``new``.
+
+    At most :data:`DECODE_AHEAD` files are decoded ahead of the caller, and a file's bytes are let
+    go once it is decoded, so a chunk holds its files' bytes but only a few decoded images.
+    """
+    pending: deque[tuple[str, Future[np.ndarray | str]]] = deque()
+    while new or pending:
+        while new and len(pending) < DECODE_AHEAD:
+            file = new.popleft()
+            pending.append((file.sha256, pool.submit(_decode, file, image_size)))
+        sha256, decoding = pending.popleft()
+        yield sha256, decoding.result()
+
+
+def _predict_new(
+    new: deque[_File], predict: Predict, image_size: int
+) -> tuple[dict[str, float], dict[str, str]]:
+    """Probabilities of the ``new`` contents by sha256, and why the others could not be decoded.
+
+    The contents are decoded in threads while each whole batch decoded so far is predicted.
+    """
+    probabilities: dict[str, float] = {}
+    failed: dict[str, str] = {}
+    waiting: list[tuple[str, np.ndarray]] = []
+
+    def predict_waiting() -> None:
+        batch = np.stack([pixels for _, pixels in waiting]).astype(np.float32)
+        for (sha256, _), probability in zip(waiting, predict(batch), strict=True):
+            probabilities[sha256] = float(probability)
+        waiting.clear()
+
+    with ThreadPoolExecutor(max_workers=DECODE_THREADS) as pool:
+        for sha256, pixels in _decoded(new, pool, image_size):
+            if isinstance(pixels, str):
+                failed[sha256] = pixels
+                continue
+            waiting.append((sha256, pixels))
+            if len(waiting) == PREDICT_BATCH:
+                predict_waiting()
+    if waiting:
+        predict_waiting()
+    return probabilities, failed
 
 
 def score_chunk(
@@ -305,23 +421,36 @@ def score_chunk(
     another run scored are left out (counted as skipped).
     """
     with ThreadPoolExecutor(max_workers=PARALLEL_READS) as pool:
-        examined = list(pool.map(lambda p: _examine(p, store, scores, image_size), paths))
-        fresh = _predict_new(examined, predict)
-        list(pool.map(lambda sha256: scores.save(sha256, fresh[sha256], run), fresh))
+        files = list(pool.map(lambda path: _read(path, store), paths))
+    stored = scores.lookup(file.sha256 for file in files if file.error is None)
+    new = _new_contents(files, stored)
+    files = [replace(file, data=None) for file in files]  # bytes stay only until decoded
+    fresh, failed = _predict_new(new, predict, image_size)
+    scores.save(fresh, run)
     rows: list[Prediction] = []
-    for item in examined:
-        if item.error is not None:
+    for file in files:
+        error = file.error or failed.get(file.sha256)
+        if error is not None:
             rows.append(
-                Prediction(item.path, item.sha256, None, None, scores.version, ERROR, item.error)
+                Prediction(file.path, file.sha256, None, None, scores.version, ERROR, error)
             )
             continue
-        if only_new and item.stored is not None and item.stored.run != run:
+        found = stored.get(file.sha256)
+        if only_new and found is not None and found.run != run:
             continue
-        reused = item.stored is not None
-        probability = item.stored.probability_covid if item.stored else fresh[item.sha256]
+        probability = found.probability_covid if found else fresh[file.sha256]
         label = COVID if probability >= threshold else NORMAL
         rows.append(
-            Prediction(item.path, item.sha256, probability, label, scores.version, OK, None, reused)
+            Prediction(
+                file.path,
+                file.sha256,
+                probability,
+                label,
+                scores.version,
+                OK,
+                None,
+                found is not None,
+            )
         )
     summary = summarise(rows, predicted=len(fresh), skipped=len(paths) - len(rows))
     return ChunkScores(rows, summary)

@@ -9,12 +9,14 @@ scored yet, and leaves the others out of its table. Both work the same way:
   however large the folder). Each chunk writes its rows as it finishes, and reuses the scores
   stored for contents the model has seen before (see :mod:`cxr_model.scoring`); a rerun predicts
   nothing twice, and a killed run resumes where it stopped.
-- Where the chunk tasks run is ``task_runner``: ``threads`` (default) in this process;
-  ``dask`` on a Dask cluster through prefect-dask, either a temporary in-process cluster of
-  ``dask_workers`` workers (threads, which share this process's settings and loaded model) or
-  the running cluster at ``dask_address``, whose workers need the same ``CXR_*``/``AWS_*``
-  environment and ``PREFECT_API_URL``. A flow's task runner is fixed when the flow starts, so the
-  chunks run in a ``score-chunks`` subflow given the chosen runner (``flow.with_options``); the
+- Where the chunk tasks run is ``task_runner``: ``threads`` (default) on the flow's own thread
+  pool, in this process; ``dask`` on a Dask cluster through prefect-dask, either a temporary
+  in-process cluster of ``dask_workers`` workers (threads, which share this process's settings
+  and loaded model) or the running cluster at ``dask_address``, whose workers need the same
+  ``CXR_*``/``AWS_*`` environment and ``PREFECT_API_URL``. A flow's task runner is fixed when the
+  flow starts, so with Dask the chunks run in a ``score-chunks`` subflow given the Dask runner
+  (``flow.with_options``); threads need no subflow, which saves starting and winding down a
+  flow run (about a second, most of it Prefect waiting for the run's heartbeat thread). The
   parameter works the same from the CLI, a deployment or Python.
 - A run with files that could not be scored completes; its summary artifact and its final state
   message say how many, and why.
@@ -34,7 +36,7 @@ from prefect import flow
 from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
 from prefect.states import Completed, State
-from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
+from prefect.task_runners import ThreadPoolTaskRunner
 from prefect_dask import DaskTaskRunner
 from pydantic import BaseModel, Field, field_validator, model_validator
 
@@ -50,6 +52,7 @@ from tasks.scoring import (
 )
 
 INBOX_PREFIX = "inbox/"
+MAX_CHUNKS_IN_FLIGHT = 1_000
 R = TypeVar("R")
 
 
@@ -68,7 +71,10 @@ class ScoringOptions(BaseModel):
     )
     chunk_size: int = Field(default=256, ge=1, le=10_000, description="Images per scoring task.")
     max_chunks_in_flight: int = Field(
-        default=4, ge=1, le=1_000, description="Chunks scored at once (bounds memory)."
+        default=4,
+        ge=1,
+        le=MAX_CHUNKS_IN_FLIGHT,
+        description="Chunks scored at once (bounds memory).",
     )
     task_runner: Literal["threads", "dask"] = Field(
         default="threads",
@@ -151,10 +157,8 @@ def _chunks_run_name() -> str:
     return f"{PurePosixPath(flow_run.parameters['prefix']).name}-chunks"
 
 
-def task_runner_for(options: ScoringOptions) -> TaskRunner:
-    """The task runner ``options`` ask for (see the module docstring)."""
-    if options.task_runner == "threads":
-        return ThreadPoolTaskRunner(max_workers=options.max_chunks_in_flight)
+def dask_runner_for(options: ScoringOptions) -> DaskTaskRunner:
+    """The Dask task runner ``options`` ask for (see the module docstring)."""
     if options.dask_address:
         return DaskTaskRunner(address=options.dask_address)
     return DaskTaskRunner(
@@ -178,6 +182,25 @@ def results_in_order(futures: Iterator[PrefectFuture[R]], window: int) -> Iterat
         yield pending.popleft().result()
 
 
+def submit_chunks(
+    location: str,
+    model: ModelChoice,
+    prefix: str,
+    chunk_size: int,
+    in_flight: int,
+    run: str,
+    only_new: bool,
+) -> list[ChunkResult]:
+    """Score the files under ``location`` chunk by chunk on the current flow's task runner,
+    ``in_flight`` chunks at a time."""
+    chunks = chunked(list_inputs(location, store()), chunk_size)
+    submitted = (
+        score_chunk.submit(paths, model, f"{prefix}/chunks/{number:05d}.csv", run, only_new)
+        for number, paths in enumerate(chunks)
+    )
+    return list(results_in_order(submitted, in_flight))
+
+
 @flow(name="score-chunks", flow_run_name=_chunks_run_name)
 def score_chunks(
     location: str,
@@ -188,13 +211,8 @@ def score_chunks(
     run: str,
     only_new: bool,
 ) -> list[ChunkResult]:
-    """Score the files under ``location`` chunk by chunk, ``in_flight`` chunks at a time."""
-    chunks = chunked(list_inputs(location, store()), chunk_size)
-    submitted = (
-        score_chunk.submit(paths, model, f"{prefix}/chunks/{number:05d}.csv", run, only_new)
-        for number, paths in enumerate(chunks)
-    )
-    return list(results_in_order(submitted, in_flight))
+    """:func:`submit_chunks` in a subflow, on the task runner given by ``with_options``."""
+    return submit_chunks(location, model, prefix, chunk_size, in_flight, run, only_new)
 
 
 def _message(summary: ScoreSummary, model: ModelChoice) -> str:
@@ -214,7 +232,7 @@ def _score(location: str, options: ScoringOptions, title: str, only_new: bool) -
     started = time.monotonic()
     prefix = options.output or run_prefix("score")
     model = resolve_model(options.model, options.threshold)
-    chunks = score_chunks.with_options(task_runner=task_runner_for(options))(
+    work = (
         location,
         model,
         prefix,
@@ -223,6 +241,10 @@ def _score(location: str, options: ScoringOptions, title: str, only_new: bool) -
         str(flow_run.get_id()),
         only_new,
     )
+    if options.task_runner == "dask":
+        chunks = score_chunks.with_options(task_runner=dask_runner_for(options))(*work)
+    else:
+        chunks = submit_chunks(*work)
     output_key = f"{prefix}/predictions.csv"
     seconds = time.monotonic() - started
     summary = publish_predictions(chunks, model, output_key, title, seconds)
@@ -237,13 +259,17 @@ def _score(location: str, options: ScoringOptions, title: str, only_new: bool) -
     return Completed(message=result.message, data=result)
 
 
-@flow(name="score-folder", flow_run_name=_run_name)
+# Threads start as chunks are submitted (max_chunks_in_flight at a time), not up front.
+CHUNK_THREADS = ThreadPoolTaskRunner(max_workers=MAX_CHUNKS_IN_FLIGHT)
+
+
+@flow(name="score-folder", flow_run_name=_run_name, task_runner=CHUNK_THREADS)
 def score_folder(params: ScoreParams) -> ScoreResult:
     """Score every file under ``params.input`` with a registered model."""
     return _score(params.input, params, f"Scored {params.input}", only_new=False)
 
 
-@flow(name="score-inbox", flow_run_name=_inbox_run_name)
+@flow(name="score-inbox", flow_run_name=_inbox_run_name, task_runner=CHUNK_THREADS)
 def score_inbox(params: InboxParams | None = None) -> ScoreResult:
     """Score the files in the inbox that the model has not scored yet."""
     params = params or InboxParams()

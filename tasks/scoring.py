@@ -44,6 +44,17 @@ def _loaded(version: int) -> tuple[scoring.Predict, ModelCard]:
     return _load_cached(get_settings().model_dump_json(), version)
 
 
+@lru_cache(maxsize=8)
+def _score_store_cached(settings_json: str, name: str, version: int) -> scoring.ScoreStore:
+    return scoring.ScoreStore(store(), name, version)
+
+
+def _score_store(model: ModelChoice) -> scoring.ScoreStore:
+    """The stored scores of a version, one per process and store: each chunk reads only the
+    score batches stored since the previous chunk looked."""
+    return _score_store_cached(get_settings().model_dump_json(), model.name, model.version)
+
+
 @task(name="resolve-model", **TRANSIENT_RETRIES)
 def resolve_model(ref: str, threshold: float | None) -> ModelChoice:
     """The version behind an alias or number (loaded and verified once per process)."""
@@ -67,7 +78,7 @@ def score_chunk(
     scored = scoring.score_chunk(
         paths,
         objects,
-        scoring.ScoreStore(objects, model.name, model.version),
+        _score_store(model),
         predict,
         image_size=model.image_size,
         threshold=model.threshold,

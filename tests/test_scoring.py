@@ -13,6 +13,8 @@ from cxr_model.model import seed_cnn
 from cxr_model.scoring import (
     ERROR,
     OK,
+    PREDICT_BATCH,
+    ScoreBatch,
     ScoreStore,
     ScoreSummary,
     ScoringError,
@@ -172,6 +174,55 @@ def test_only_new_leaves_out_what_other_runs_scored(tmp_path, store, model):
     assert (scored.summary.skipped, counting.images) == (3, 1)
     # a retry within the same run keeps its own rows
     assert len(score(paths).predictions) == 2
+
+
+def test_a_chunk_stores_its_new_scores_in_one_batch(tmp_path, store, model):
+    for n in range(5):
+        (tmp_path / f"{n}.png").write_bytes(png(n))
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    paths = list(list_inputs(str(tmp_path), store))
+    score, _ = scorer(store, model)
+    first = score(paths)
+    assert first.summary.predicted == 5
+    assert len(list(store.list_keys("scores/"))) == 1  # one write for the chunk, none per file
+    again = score(paths)
+    assert again.summary.reused == 5 and len(list(store.list_keys("scores/"))) == 1
+
+
+def test_the_earliest_batch_wins_in_whatever_order_it_is_found(store):
+    sha, unknown = "ab" * 32, "cd" * 32
+    reader = ScoreStore(store, "test-model", 1)
+    reader.save({sha: 0.9}, run="late")
+    assert reader.lookup([sha])[sha].probability_covid == 0.9
+    # a racing run's batch with an earlier key, found after the later one
+    early = ScoreBatch(run="early", scored_at="2026-01-01T00:00:00+00:00", probabilities={sha: 0.2})
+    store.put_bytes(
+        f"{reader.prefix}20260101T000000000000Z-00000000.json", early.model_dump_json().encode()
+    )
+    for scores in (reader, ScoreStore(store, "test-model", 1)):
+        found = scores.lookup([sha, unknown])
+        assert list(found) == [sha]
+        assert (found[sha].probability_covid, found[sha].run) == (0.2, "early")
+
+
+def test_deleted_scores_are_predicted_again(tmp_path, store, model):
+    for n in range(3):
+        (tmp_path / f"{n}.png").write_bytes(png(n))
+    paths = list(list_inputs(str(tmp_path), store))
+    score, counting = scorer(store, model)
+    score(paths)
+    for key in list(store.list_keys("scores/")):
+        store.client.delete_object(Bucket=store.bucket, Key=key)
+    assert score(paths).summary.predicted == 3 and counting.images == 6
+
+
+def test_the_predictor_gives_what_keras_predict_gives_for_any_count(model):
+    pixels = np.random.default_rng(0).integers(0, 256, (PREDICT_BATCH + 9, SIZE, SIZE, 3))
+    expected = model.predict(pixels.astype(np.float32), verbose=0).reshape(-1)
+    predicted = keras_predictor(model)(pixels.astype(np.uint8))
+    assert predicted.shape == (PREDICT_BATCH + 9,)
+    np.testing.assert_allclose(predicted, expected, rtol=1e-5, atol=1e-6)
+    assert keras_predictor(model)(pixels[:0]).shape == (0,)
 
 
 def test_chunk_tables_merge_into_one_in_order(tmp_path, store, model):
