@@ -213,7 +213,8 @@ def start_server(
     )
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """True while a process with this id exists (ours or not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -251,9 +252,9 @@ def ensure_running(state_dir: Path) -> tuple[EmbeddedServer, Credentials]:
     with _locked(folder):
         creds = load_or_create_credentials(folder)
         server = _recorded(folder)
-        if server and _alive(server.pid) and probe(server.endpoint_url, creds):
+        if server and process_alive(server.pid) and probe(server.endpoint_url, creds):
             return server, creds
-        if server and _alive(server.pid):
+        if server and process_alive(server.pid):
             _terminate(server.pid)
         _, server = start_server(
             folder / "data", creds, log_path=folder / "server.log", detach=True
@@ -265,9 +266,9 @@ def ensure_running(state_dir: Path) -> tuple[EmbeddedServer, Credentials]:
 def _terminate(pid: int, timeout_s: float = 15.0) -> None:
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and _alive(pid):
+    while time.monotonic() < deadline and process_alive(pid):
         time.sleep(0.2)
-    if _alive(pid):
+    if process_alive(pid):
         os.kill(pid, signal.SIGKILL)
 
 
@@ -277,7 +278,7 @@ def stop(state_dir: Path) -> bool:
     with _locked(folder):
         server = _recorded(folder)
         (folder / "server.json").unlink(missing_ok=True)
-        if server is None or not _alive(server.pid):
+        if server is None or not process_alive(server.pid):
             return False
         _terminate(server.pid)
         return True
@@ -286,4 +287,4 @@ def stop(state_dir: Path) -> bool:
 def status(state_dir: Path) -> EmbeddedServer | None:
     """The recorded server if its process is alive, else None."""
     server = _recorded(_store_folder(state_dir))
-    return server if server and _alive(server.pid) else None
+    return server if server and process_alive(server.pid) else None

@@ -32,6 +32,7 @@ import typer
 
 from cxr_model import embedded_store
 from cxr_model.config import Settings, get_settings
+from cxr_model.embedded_store import process_alive
 from cxr_model.sample import SampleSpec, generate_sample
 from cxr_model.storage import open_store
 
@@ -88,16 +89,6 @@ def prefect_env(settings: Settings, port: int) -> dict[str, str]:
 
 def _prefect(*args: str) -> list[str]:
     return [sys.executable, "-m", "prefect", *args]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _start(command: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen:
@@ -167,7 +158,7 @@ def up(port: int = DEFAULT_PORT, settings: Settings | None = None) -> StackState
     """Start everything (see the module docstring); an already running stack is reused."""
     settings = settings or get_settings()
     running = read_state(settings)
-    if running and _alive(running.server_pid) and _alive(running.worker_pid):
+    if running and process_alive(running.server_pid) and process_alive(running.worker_pid):
         return running
     logs = settings.state_dir / "logs"
     started_store = False
@@ -231,7 +222,7 @@ def _stop(pid: int) -> None:
             os.waitpid(pid, os.WNOHANG)  # reap it when it is our own child
         except ChildProcessError:
             pass
-        if not _alive(pid):
+        if not process_alive(pid):
             return
         time.sleep(0.2)
     try:
@@ -247,7 +238,7 @@ def down(settings: Settings | None = None) -> list[str]:
     stopped = []
     if state:
         for name, pid in (("worker", state.worker_pid), ("prefect server", state.server_pid)):
-            if _alive(pid):
+            if process_alive(pid):
                 _stop(pid)
                 stopped.append(f"{name} (pid {pid})")
         if state.started_store and embedded_store.stop(settings.state_dir):
@@ -288,7 +279,7 @@ def status_command() -> None:
     if state is None:
         typer.echo("not running (make up starts it)")
         raise typer.Exit(1)
-    alive = {"server": _alive(state.server_pid), "worker": _alive(state.worker_pid)}
+    alive = {"server": process_alive(state.server_pid), "worker": process_alive(state.worker_pid)}
     typer.echo(json.dumps(asdict(state) | {"alive": alive}, indent=2))
 
 

@@ -15,6 +15,7 @@ from cxr_model.evaluate import (
     evaluation_plots,
     evaluation_report_markdown,
 )
+from cxr_model.gate import HEADLINE
 from cxr_model.registry import CHAMPION, RegistryError
 from cxr_model.split import VAL, load_split
 from tasks.common import TRANSIENT_RETRIES, artifact_key, say, store
@@ -24,21 +25,7 @@ from tasks.train import split_arrays
 
 PREDICT_BATCH = 64
 # Key numbers shown as the run's table artifact (the full evaluation is in evaluation.json).
-TABLE_METRICS = [
-    "n_images",
-    "auc",
-    "auc_ci_low",
-    "auc_ci_high",
-    "threshold",
-    "threshold_rule",
-    "sensitivity",
-    "specificity",
-    "ppv",
-    "npv",
-    "f1",
-    "accuracy",
-    "brier",
-]
+TABLE_METRICS = ["n_images", *HEADLINE]
 
 
 def predict_validation(
