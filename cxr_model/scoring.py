@@ -81,7 +81,7 @@ COVID, NORMAL = "covid", "normal"
 SCORES_PREFIX = "scores"
 BATCHES_FOLDER = "batches"
 BATCH_TOKEN_BYTES = 4  # random hex in a batch's key, so two chunks never pick the same key
-PREDICT_BATCH = 32
+PREDICT_BATCH = 32  # a power of two (see padded_size)
 # Files of a chunk read and hashed at once: reads mostly wait on the store or the disk.
 PARALLEL_READS = 8
 # Files of a chunk decoded at once: decoding is CPU work (Pillow releases the GIL), and more
@@ -294,13 +294,14 @@ def read_input(path: str, store: ObjectStore) -> bytes:
 
 
 def keras_predictor(model: keras.Model) -> Predict:
-    """:data:`Predict` for a Keras model: ``predict_on_batch`` on whole batches, one at a time.
+    """:data:`Predict` for a Keras model: ``predict_on_batch`` on batches of at most
+    :data:`PREDICT_BATCH`, one batch at a time.
 
     ``predict_on_batch`` skips what ``model.predict`` sets up on every call (a data adapter, an
-    iterator, callbacks). Inputs are padded to whole batches of :data:`PREDICT_BATCH`: every batch
-    then has the same shape, and TensorFlow traces the predict function once instead of once
-    per leftover size. TensorFlow already spreads one batch over every core, so concurrent
-    chunks take turns at the model batch by batch, while their reading and decoding go on.
+    iterator, callbacks). A last, smaller batch is padded to :func:`padded_size` rather than to a
+    whole batch, so a run of 100 images predicts 100, not 128. TensorFlow already spreads one
+    batch over every core, so concurrent chunks take turns at the model batch by batch, while
+    their reading and decoding go on.
     """
     lock = threading.Lock()
 
@@ -308,7 +309,7 @@ def keras_predictor(model: keras.Model) -> Predict:
         probabilities = [np.empty(0, np.float32)]
         for start in range(0, len(pixels), PREDICT_BATCH):
             batch = pixels[start : start + PREDICT_BATCH].astype(np.float32, copy=False)
-            padding = np.zeros((PREDICT_BATCH - len(batch), *batch.shape[1:]), np.float32)
+            padding = np.zeros((padded_size(len(batch)) - len(batch), *batch.shape[1:]), np.float32)
             whole = np.concatenate([batch, padding]) if len(padding) else batch
             with lock:
                 predicted = model.predict_on_batch(whole)
@@ -316,6 +317,13 @@ def keras_predictor(model: keras.Model) -> Predict:
         return np.concatenate(probabilities)
 
     return predict
+
+
+def padded_size(count: int) -> int:
+    """The batch size ``count`` images (1 to :data:`PREDICT_BATCH`) are predicted as: the next
+    power of two. Few distinct shapes mean few traces of the predict function (TensorFlow
+    generalises after the second; JAX would compile each), and little padding."""
+    return min(PREDICT_BATCH, 1 << (count - 1).bit_length())
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
 """The scoring flows for real: Prefect's test API, the S3 server, a registered 32 px model.
 
 Reruns predict nothing twice, a folder scored in part resumes with the rest, the inbox flow
-scores only what the champion has not seen, Dask and threads give the same predictions, and the
-run's summary, state and logs say what happened without leaking credentials.
+scores only what the champion has not seen, Dask (in a subflow) and threads (without one) give
+the same predictions, and the run's summary, state and logs say what happened without leaking
+credentials.
 """
 
 from __future__ import annotations
@@ -109,12 +110,26 @@ def test_dask_runner_gives_the_same_predictions_as_threads(
     images(tmp_path / "xrays", range(12))
     models.register(model_file, **CARD)  # version 2: same model, its own stored scores
     common = dict(input=str(tmp_path / "xrays"), chunk_size=3)
+    subflows = _chunk_subflows()
     threads = score_folder(ScoreParams(model="1", **common))
+    assert _chunk_subflows() == subflows  # threads: the chunks are the flow's own tasks
     dask = score_folder(ScoreParams(model="2", task_runner="dask", dask_workers=2, **common))
+    assert _chunk_subflows() == subflows + 1  # dask: a subflow run on the Dask runner
     assert threads.summary["predicted"] == dask.summary["predicted"] == 12
     assert probabilities(table(store, dask.predictions_uri)) == probabilities(
         table(store, threads.predictions_uri)
     )
+
+
+def _chunk_subflows() -> int:
+    """How many ``score-chunks`` subflow runs the test API has seen."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+
+    with get_client(sync_client=True) as client:
+        return client.count_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=["score-chunks"]))
+        )
 
 
 def test_inbox_scores_only_what_the_champion_has_not_seen(

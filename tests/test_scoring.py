@@ -22,6 +22,7 @@ from cxr_model.scoring import (
     keras_predictor,
     list_inputs,
     merge_tables,
+    padded_size,
     predictions_frame,
     score_chunk,
 )
@@ -223,6 +224,8 @@ def test_the_predictor_gives_what_keras_predict_gives_for_any_count(model):
     assert predicted.shape == (PREDICT_BATCH + 9,)
     np.testing.assert_allclose(predicted, expected, rtol=1e-5, atol=1e-6)
     assert keras_predictor(model)(pixels[:0]).shape == (0,)
+    # a last, smaller batch is padded to a power of two, not to a whole batch
+    assert [padded_size(n) for n in (1, 2, 3, 5, 9, 17, 32)] == [1, 2, 4, 8, 16, 32, 32]
 
 
 def test_chunk_tables_merge_into_one_in_order(tmp_path, store, model):
