@@ -273,7 +273,13 @@ def library_run(
     with ThreadPoolExecutor(max_workers=args.in_flight) as pool:
         submitted = (pool.submit(one_chunk, n, paths) for n, paths in enumerate(chunks))
         results = list(in_order(submitted, args.in_flight))
-    scoring.merge_tables(store, [key for key, _ in results], f"{prefix}/predictions.csv", 20)
+    scoring.merge_tables(
+        store,
+        [key for key, _ in results],
+        f"{prefix}/predictions.csv",
+        20,
+        parquet_key=f"{prefix}/predictions.parquet",
+    )
     summary = sum((s for _, s in results), scoring.ScoreSummary())
     return {"predicted": summary.predicted, "errors": summary.errors}
 

@@ -21,7 +21,8 @@ file is skipped.
 - Files that cannot be read or decoded are not stored: they get an error row in every run (a
   fixed decoder may read them next time).
 - A run writes each chunk's rows under its own output prefix as the chunk finishes, then
-  concatenates them into one table (:func:`merge_tables`), one chunk in memory at a time. A run
+  concatenates them into one table (:func:`merge_tables`), one chunk in memory at a time: CSV,
+  and Parquet with typed columns. A run
   killed halfway has stored the scores of its finished chunks; rerunning it reads every file again
   but predicts only the images without a stored score, and writes a complete table.
 - ``only_new`` (the inbox): rows whose content was scored by another run are left out and counted
@@ -57,6 +58,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
 from botocore.exceptions import ClientError
 from pydantic import BaseModel
 
@@ -494,25 +498,70 @@ def frame_to_csv_bytes(frame: pd.DataFrame) -> bytes:
     return buffer.getvalue().encode()
 
 
-def merge_tables(
-    store: ObjectStore, keys: Iterable[str], output_key: str, preview_rows: int
-) -> list[dict[str, str]]:
-    """Concatenate the CSV tables at ``keys`` into ``output_key``; return its first rows.
+# The predictions table's column types in Parquet; in the CSV an empty field is a missing value.
+PARQUET_SCHEMA = pa.schema(
+    [
+        ("source_path", pa.string()),
+        ("sha256", pa.string()),
+        ("probability_covid", pa.float64()),
+        ("predicted_label", pa.string()),
+        ("model_version", pa.int64()),
+        ("status", pa.string()),
+        ("error", pa.string()),
+        ("reused", pa.bool_()),
+    ]
+)
 
-    The tables are copied row by row through a local temporary file, one table in memory at a
-    time, so a run of any size merges in flat memory. Values are copied as text, unchanged.
+
+def merge_tables(
+    store: ObjectStore,
+    keys: Iterable[str],
+    output_key: str,
+    preview_rows: int,
+    parquet_key: str | None = None,
+) -> list[dict[str, str]]:
+    """Concatenate the CSV tables at ``keys`` into ``output_key`` (and, given ``parquet_key``,
+    into a Parquet file with the columns typed by :data:`PARQUET_SCHEMA`); return the first rows.
+
+    The tables are copied through local temporary files, one table in memory at a time (one
+    Parquet row group per table), so a run of any size merges in flat memory. CSV values are
+    copied as text, unchanged.
     """
     preview: list[dict[str, str]] = []
     with tempfile.TemporaryDirectory(prefix="cxr-merge-") as folder:
         merged = Path(folder) / "predictions.csv"
-        with merged.open("w", newline="", encoding="utf-8") as out:
+        typed = Path(folder) / "predictions.parquet"
+        with (
+            merged.open("w", newline="", encoding="utf-8") as out,
+            pq.ParquetWriter(typed, PARQUET_SCHEMA) as parquet,
+        ):
             writer = csv.DictWriter(out, fieldnames=PREDICTION_COLUMNS)
             writer.writeheader()
             for key in keys:
-                text = store.get_bytes(key).decode("utf-8")
-                for row in csv.DictReader(io.StringIO(text, newline="")):
+                data = store.get_bytes(key)
+                for row in csv.DictReader(io.StringIO(data.decode("utf-8"), newline="")):
                     writer.writerow(row)
                     if len(preview) < preview_rows:
                         preview.append(row)
+                if parquet_key:
+                    parquet.write_table(_typed_table(data, key))
         store.put_file(output_key, merged)
+        if parquet_key:
+            store.put_file(parquet_key, typed)
     return preview
+
+
+def _typed_table(data: bytes, key: str) -> pa.Table:
+    """One chunk's CSV table with :data:`PARQUET_SCHEMA`'s types."""
+    options = pa_csv.ConvertOptions(
+        column_types=PARQUET_SCHEMA,
+        include_columns=PARQUET_SCHEMA.names,
+        strings_can_be_null=True,
+        true_values=["True"],
+        false_values=["False"],
+    )
+    try:
+        table = pa_csv.read_csv(io.BytesIO(data), convert_options=options)
+    except pa.ArrowException as error:
+        raise ScoringError(f"{key}: not a predictions table: {error}") from error
+    return table.cast(PARQUET_SCHEMA)

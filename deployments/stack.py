@@ -47,6 +47,7 @@ INBOX_PREFIX = "inbox/"
 DEPLOY_DEFAULTS = {
     "CXR_NIGHTLY_CRON": "0 2 * * *",
     "CXR_NIGHTLY_TIMEZONE": "UTC",
+    "CXR_INBOX_MINUTES": "10",
 }
 
 app = typer.Typer(add_completion=False, help=__doc__.split("\n\n")[0])
@@ -84,6 +85,12 @@ def prefect_env(settings: Settings, port: int) -> dict[str, str]:
     )
     for name, value in DEPLOY_DEFAULTS.items():
         env.setdefault(name, value)
+    minutes = env["CXR_INBOX_MINUTES"]
+    if not (minutes.isdigit() and 0 < int(minutes) <= 60 and 60 % int(minutes) == 0):
+        raise ValueError(
+            f"CXR_INBOX_MINUTES={minutes!r}: score-inbox runs every N minutes of the hour, so N "
+            "must divide 60 (1, 2, 3, 4, 5, 6, 10, 12, 15, 20, 30 or 60)"
+        )
     return env
 
 

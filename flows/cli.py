@@ -297,7 +297,9 @@ def score(
         f"{s['predicted']} predicted now, {s['reused']} reused from earlier scoring, "
         f"in {result.seconds:.1f} s"
     )
-    console.print(f"predictions: {result.predictions_uri}")
+    console.print(
+        f"predictions: {result.predictions_uri} (Parquet: {result.predictions_parquet_uri})"
+    )
 
 
 @app.command("score-inbox")
@@ -319,7 +321,9 @@ def score_inbox(
         "scoring the inbox…", lambda: score_inbox_flow(InboxParams(inbox=inbox, model=model))
     )
     console.print(result.message)
-    console.print(f"predictions: {result.predictions_uri}")
+    console.print(
+        f"predictions: {result.predictions_uri} (Parquet: {result.predictions_parquet_uri})"
+    )
 
 
 def _registry():

@@ -46,6 +46,7 @@ from tasks.common import run_prefix, store
 from tasks.scoring import (
     ChunkResult,
     ModelChoice,
+    parquet_key_for,
     publish_predictions,
     resolve_model,
     score_chunk,
@@ -135,6 +136,7 @@ class ScoreResult(BaseModel):
 
     model_version: int
     predictions_uri: str
+    predictions_parquet_uri: str
     summary: dict
     seconds: float
     message: str
@@ -251,6 +253,7 @@ def _score(location: str, options: ScoringOptions, title: str, only_new: bool) -
     result = ScoreResult(
         model_version=model.version,
         predictions_uri=store().uri(output_key),
+        predictions_parquet_uri=store().uri(parquet_key_for(output_key)),
         summary=asdict(summary),
         seconds=seconds,
         message=_message(summary, model),

@@ -110,17 +110,28 @@ def summary_markdown(
     ]
     lines = [f"### {title}", "", "| | |", "|---|---|"]
     lines += [f"| {name} | {value} |" for name, value in rows]
-    return "\n".join([*lines, "", f"Predictions: `{uri}`"])
+    parquet = parquet_key_for(uri)
+    return "\n".join([*lines, "", f"Predictions: `{uri}` (typed columns: `{parquet}`)"])
+
+
+def parquet_key_for(csv_key: str) -> str:
+    """Where the Parquet copy of the predictions CSV at ``csv_key`` (a key or URI) goes."""
+    return csv_key.removesuffix(".csv") + ".parquet"
 
 
 @task(name="publish-predictions", **TRANSIENT_RETRIES)
 def publish_predictions(
     chunks: list[ChunkResult], model: ModelChoice, output_key: str, title: str, seconds: float
 ) -> scoring.ScoreSummary:
-    """Merge the chunks' rows into one predictions CSV and publish the run's summary."""
+    """Merge the chunks' rows into one predictions CSV (and its Parquet copy) and publish the
+    run's summary."""
     objects = store()
     preview = scoring.merge_tables(
-        objects, [chunk.key for chunk in chunks], output_key, PREVIEW_ROWS
+        objects,
+        [chunk.key for chunk in chunks],
+        output_key,
+        PREVIEW_ROWS,
+        parquet_key=parquet_key_for(output_key),
     )
     summary = sum((chunk.summary for chunk in chunks), scoring.ScoreSummary())
     uri = objects.uri(output_key)
@@ -130,6 +141,11 @@ def publish_predictions(
     )
     create_table_artifact(preview, key=artifact_key("predictions-preview"))
     create_link_artifact(link=uri, link_text="predictions CSV", key=artifact_key("predictions"))
+    create_link_artifact(
+        link=parquet_key_for(uri),
+        link_text="predictions Parquet",
+        key=artifact_key("predictions-parquet"),
+    )
     say(
         f"scored {summary.scored} of {summary.files} files ({summary.errors} with errors, "
         f"{summary.predicted} predicted now, {summary.reused} reused); predictions at {uri}"

@@ -63,7 +63,15 @@ def test_schedules_and_concurrency_limits():
     assert "schedules" not in deployment("score-folder")
     inbox = deployment("score-inbox")
     assert inbox["concurrency_limit"]["limit"] == 1
-    assert inbox["schedules"] == [{"interval": 600}]
+    assert inbox["schedules"][0]["cron"] == "*/{{ $CXR_INBOX_MINUTES }} * * * *"
+    assert stack.DEPLOY_DEFAULTS["CXR_INBOX_MINUTES"] == "10"
+
+
+@pytest.mark.parametrize("minutes", ["7", "0", "90", "ten", ""])
+def test_an_inbox_interval_that_does_not_divide_an_hour_is_refused(settings, monkeypatch, minutes):
+    monkeypatch.setenv("CXR_INBOX_MINUTES", minutes)
+    with pytest.raises(ValueError, match="CXR_INBOX_MINUTES.*must divide 60"):
+        stack.prefect_env(settings, 4200)
 
 
 def test_every_environment_value_in_prefect_yaml_has_a_default(settings):
@@ -164,6 +172,8 @@ def test_score_folder_through_the_local_stack(settings, tiny_champion, tmp_path)
             assert names == {"nightly-retrain", "score-folder", "score-inbox"}
             nightly = client.read_deployment_by_name("retrain/nightly-retrain")
             assert nightly.schedules[0].schedule.cron == "0 2 * * *"
+            inbox = client.read_deployment_by_name("score-inbox/score-inbox")
+            assert inbox.schedules[0].schedule.cron == "*/10 * * * *"
             score = client.read_deployment_by_name("score-folder/score-folder")
 
             # the UI's form posts a parameters document; the server checks it against the schema

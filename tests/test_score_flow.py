@@ -62,9 +62,14 @@ def images(folder: Path, seeds: range, prefix: str = "img") -> None:
         (folder / f"{prefix}-{seed:02d}.png").write_bytes(png(seed))
 
 
+def _key(store, uri: str) -> str:
+    return uri.removeprefix(f"s3://{store.bucket}/")
+
+
 def table(store, uri: str) -> pd.DataFrame:
-    key = uri.removeprefix(f"s3://{store.bucket}/")
-    return pd.read_csv(io.BytesIO(store.get_bytes(key)), dtype=str, keep_default_na=False)
+    return pd.read_csv(
+        io.BytesIO(store.get_bytes(_key(store, uri))), dtype=str, keep_default_na=False
+    )
 
 
 def probabilities(frame: pd.DataFrame) -> dict[str, str]:
@@ -183,6 +188,14 @@ def test_errors_show_in_state_summary_and_logs_hold_no_secrets(
     assert "version 1, threshold 0.25" in summary and "| predicted now | 3 |" in summary
     assert result.predictions_uri in summary
     assert result.predictions_uri in Artifact.get("predictions").data
+    assert result.predictions_parquet_uri in Artifact.get("predictions-parquet").data
+    typed = pd.read_parquet(
+        io.BytesIO(store.get_bytes(_key(store, result.predictions_parquet_uri)))
+    )
+    assert list(typed["status"]) == ["ok", "ok", "ok", "error"]  # same rows, same order
+    assert typed["probability_covid"].dtype == "float64" and typed["reused"].dtype == "bool"
+    assert typed["probability_covid"].isna().tolist() == [False, False, False, True]
+    assert typed["error"].isna().tolist() == [True, True, True, False]
     preview = json.loads(Artifact.get("predictions-preview").data)
     assert [Path(row["source_path"]).name for row in preview] == [
         "img-00.png",
@@ -208,6 +221,10 @@ def test_an_empty_folder_gives_an_empty_table(prefect_harness, models, store, tm
     assert result.summary["files"] == 0 and result.message.startswith("scored 0 of 0 files")
     rows = table(store, result.predictions_uri)
     assert len(rows) == 0 and "probability_covid" in rows.columns
+    typed = pd.read_parquet(
+        io.BytesIO(store.get_bytes(_key(store, result.predictions_parquet_uri)))
+    )
+    assert len(typed) == 0 and list(typed.columns) == list(rows.columns)
 
 
 def _all_logs(client, page: int = 200) -> list:

@@ -237,12 +237,35 @@ def test_chunk_tables_merge_into_one_in_order(tmp_path, store, model):
         frame = predictions_frame(score(paths).predictions)
         store.put_bytes(f"run/chunks/{number}.csv", frame.to_csv(index=False).encode())
         keys.append(f"run/chunks/{number}.csv")
-    preview = merge_tables(store, keys, "run/predictions.csv", preview_rows=3)
+    (tmp_path / "5.png").write_bytes(b"\x89PNG broken")
+    frame = predictions_frame(score([str(tmp_path / "5.png")]).predictions)  # an error row
+    store.put_bytes("run/chunks/3.csv", frame.to_csv(index=False).encode())
+    keys.append("run/chunks/3.csv")
+    preview = merge_tables(
+        store, keys, "run/predictions.csv", preview_rows=3, parquet_key="run/predictions.parquet"
+    )
     merged = pd.read_csv(io.BytesIO(store.get_bytes("run/predictions.csv")), dtype=str)
     assert list(merged["source_path"]) == sorted(str(p) for p in tmp_path.iterdir())
     assert [row["source_path"] for row in preview] == list(merged["source_path"][:3])
-    expected = [repr(p.probability_covid) for p in score(list(merged["source_path"])).predictions]
-    assert list(merged["probability_covid"]) == expected  # probabilities copied exactly
+    scored = score(list(merged["source_path"][:5])).predictions
+    expected = [repr(p.probability_covid) for p in scored]
+    assert list(merged["probability_covid"][:5]) == expected  # probabilities copied exactly
+    assert merged["status"].iloc[5] == "error"
+
+    typed = pd.read_parquet(io.BytesIO(store.get_bytes("run/predictions.parquet")))
+    assert list(typed.columns) == list(merged.columns)
+    assert list(typed["source_path"]) == list(merged["source_path"])
+    assert typed["probability_covid"].tolist()[:5] == [p.probability_covid for p in scored]
+    assert np.isnan(typed["probability_covid"].iloc[5])
+    assert typed["model_version"].dtype == "int64" and typed["reused"].dtype == "bool"
+    assert typed["error"].iloc[5] == merged["error"].iloc[5]
+    assert typed["error"][:5].isna().all()
+
+
+def test_a_damaged_chunk_table_is_named_in_the_error(store):
+    store.put_bytes("run/chunks/0.csv", b'source_path,sha256\n"unterminated')
+    with pytest.raises(ScoringError, match="run/chunks/0.csv"):
+        merge_tables(store, ["run/chunks/0.csv"], "run/p.csv", 1, parquet_key="run/p.parquet")
 
 
 def test_summaries_add_up():
