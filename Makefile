@@ -6,6 +6,9 @@ UV := $(TOOLS)/bin/uv
 RUN := $(UV) run --frozen --no-sync
 
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+# Two glibc malloc arenas: image decoding in many threads otherwise fragments one arena per
+# thread, and memory creeps up with the number of images (BENCHMARKS.md, "Scoring throughput").
+export MALLOC_ARENA_MAX ?= 2
 
 .PHONY: install demo test lint bench ui up down store-stop clean
 

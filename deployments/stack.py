@@ -85,6 +85,7 @@ def prefect_env(settings: Settings, port: int) -> dict[str, str]:
     )
     for name, value in DEPLOY_DEFAULTS.items():
         env.setdefault(name, value)
+    env.setdefault("MALLOC_ARENA_MAX", "2")  # flatter memory in the flow runs (BENCHMARKS.md)
     minutes = env["CXR_INBOX_MINUTES"]
     if not (minutes.isdigit() and 0 < int(minutes) <= 60 and 60 % int(minutes) == 0):
         raise ValueError(

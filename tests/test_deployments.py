@@ -80,6 +80,13 @@ def test_every_environment_value_in_prefect_yaml_has_a_default(settings):
     assert used and used <= set(env), f"no default for {sorted(used - set(env))}"
 
 
+def test_flow_runs_get_two_malloc_arenas_unless_told_otherwise(settings, monkeypatch):
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    assert stack.prefect_env(settings, 4200)["MALLOC_ARENA_MAX"] == "2"
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "8")
+    assert stack.prefect_env(settings, 4200)["MALLOC_ARENA_MAX"] == "8"
+
+
 def test_next_nightly_run_honours_the_timezone():
     utc = stack.next_run("0 2 * * *", "UTC")
     berlin = stack.next_run("0 2 * * *", "Europe/Berlin")
