@@ -157,9 +157,11 @@ def demo(
         f"specificity {r.evaluation.specificity:.3f} at threshold {r.evaluation.threshold:.3f} "
         f"({r.evaluation.threshold_rule})"
     )
+    errors = result.score.summary["errors"]
     console.print(
         f"predictions:         {result.score.predictions_uri} "
-        f"({result.score.summary['scored']} scored, {result.score.summary['errors']} errors)"
+        f"({result.score.summary['scored']} scored, {errors} error{'' if errors == 1 else 's'}; "
+        f"Parquet: {result.score.predictions_parquet_uri})"
     )
     console.print(_ui_hint())
 
