@@ -277,8 +277,8 @@ def library_run(
         store,
         [key for key, _ in results],
         f"{prefix}/predictions.csv",
+        f"{prefix}/predictions.parquet",
         20,
-        parquet_key=f"{prefix}/predictions.parquet",
     )
     summary = sum((s for _, s in results), scoring.ScoreSummary())
     return {"predicted": summary.predicted, "errors": summary.errors}

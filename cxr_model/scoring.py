@@ -514,14 +514,10 @@ PARQUET_SCHEMA = pa.schema(
 
 
 def merge_tables(
-    store: ObjectStore,
-    keys: Iterable[str],
-    output_key: str,
-    preview_rows: int,
-    parquet_key: str | None = None,
+    store: ObjectStore, keys: Iterable[str], csv_key: str, parquet_key: str, preview_rows: int
 ) -> list[dict[str, str]]:
-    """Concatenate the CSV tables at ``keys`` into ``output_key`` (and, given ``parquet_key``,
-    into a Parquet file with the columns typed by :data:`PARQUET_SCHEMA`); return the first rows.
+    """Concatenate the CSV tables at ``keys`` into one CSV at ``csv_key`` and one Parquet file
+    at ``parquet_key`` (columns typed by :data:`PARQUET_SCHEMA`); return the first rows.
 
     The tables are copied through local temporary files, one table in memory at a time (one
     Parquet row group per table), so a run of any size merges in flat memory. CSV values are
@@ -543,11 +539,9 @@ def merge_tables(
                     writer.writerow(row)
                     if len(preview) < preview_rows:
                         preview.append(row)
-                if parquet_key:
-                    parquet.write_table(_typed_table(data, key))
-        store.put_file(output_key, merged)
-        if parquet_key:
-            store.put_file(parquet_key, typed)
+                parquet.write_table(_typed_table(data, key))
+        store.put_file(csv_key, merged)
+        store.put_file(parquet_key, typed)
     return preview
 
 

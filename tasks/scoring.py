@@ -130,8 +130,8 @@ def publish_predictions(
         objects,
         [chunk.key for chunk in chunks],
         output_key,
+        parquet_key_for(output_key),
         PREVIEW_ROWS,
-        parquet_key=parquet_key_for(output_key),
     )
     summary = sum((chunk.summary for chunk in chunks), scoring.ScoreSummary())
     uri = objects.uri(output_key)

@@ -242,7 +242,7 @@ def test_chunk_tables_merge_into_one_in_order(tmp_path, store, model):
     store.put_bytes("run/chunks/3.csv", frame.to_csv(index=False).encode())
     keys.append("run/chunks/3.csv")
     preview = merge_tables(
-        store, keys, "run/predictions.csv", preview_rows=3, parquet_key="run/predictions.parquet"
+        store, keys, "run/predictions.csv", "run/predictions.parquet", preview_rows=3
     )
     merged = pd.read_csv(io.BytesIO(store.get_bytes("run/predictions.csv")), dtype=str)
     assert list(merged["source_path"]) == sorted(str(p) for p in tmp_path.iterdir())
@@ -265,7 +265,7 @@ def test_chunk_tables_merge_into_one_in_order(tmp_path, store, model):
 def test_a_damaged_chunk_table_is_named_in_the_error(store):
     store.put_bytes("run/chunks/0.csv", b'source_path,sha256\n"unterminated')
     with pytest.raises(ScoringError, match="run/chunks/0.csv"):
-        merge_tables(store, ["run/chunks/0.csv"], "run/p.csv", 1, parquet_key="run/p.parquet")
+        merge_tables(store, ["run/chunks/0.csv"], "run/p.csv", "run/p.parquet", 1)
 
 
 def test_summaries_add_up():
