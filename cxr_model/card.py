@@ -27,6 +27,8 @@ from cxr_model.evaluate import (
     per_source_markdown,
 )
 from cxr_model.gate import GateDecision, gate_markdown
+from cxr_model.generalisation import Generalisation, estimates_markdown
+from cxr_model.images import Preprocessing
 
 if TYPE_CHECKING:
     from cxr_model.registry import ModelCard
@@ -206,6 +208,17 @@ def _per_source(evaluation: Evaluation | None) -> list[str]:
     return [*lines, ""]
 
 
+def _estimates(evaluation: Evaluation | None, found: Generalisation | None) -> list[str]:
+    if evaluation is None or found is None:
+        return [
+            "## Internal vs honest estimates",
+            "",
+            "Not recorded: this version was registered before cxr measured held-out sources.",
+            "",
+        ]
+    return [estimates_markdown(evaluation, found)]
+
+
 def _gate(gate: GateDecision | None) -> list[str]:
     if gate is None:
         return ["## Promotion decision", "", "No promotion decision was recorded.", ""]
@@ -220,6 +233,7 @@ def _training(card: ModelCard) -> list[str]:
     epochs_run = max((len(values) for values in history.values()), default=None)
     rows = [(label, parameters.get(key)) for key, label in _TRAINING_FIELDS.items()]
     rows += [
+        ("image preprocessing", Preprocessing.of_model(parameters).name),
         ("devices", ", ".join(training["devices"]) if training.get("devices") else None),
         ("epochs in history", epochs_run),
         ("training seconds", _rounded(training.get("seconds"))),
@@ -272,20 +286,26 @@ def render_model_card(
     gate: GateDecision | None = None,
     sources: list[dict] | None = None,
     audit: Mapping | ShortcutAudit | None = None,
+    generalisation: Generalisation | None = None,
 ) -> str:
     """The model card of ``card`` as markdown.
 
     - ``evaluation``: the validation evaluation; None → the card's stored metrics.
     - ``gate``: the promotion decision taken when the version was registered.
     - ``sources``: rows ``{"source", "label", "images", "license"}`` (missing values allowed).
+    - ``generalisation``: held-out-source and within-source evidence; None → the card's stored
+      ``generalisation`` (if any).
     - ``audit``: a :class:`~cxr_model.audit.ShortcutAudit` or its ``model_dump()``: ``threshold``,
       ``features`` (``feature``, ``auc``, ``detail``), ``flags`` (``feature``, ``auc``,
       ``warning``) and ``note``; a plain ``{"flagged": [names]}`` is accepted too.
     """
     audit_summary = _audit_dict(audit)
     evaluated = _evaluation(card, evaluation)
+    if generalisation is None and card.generalisation:
+        generalisation = Generalisation.model_validate(card.generalisation)
     sections = [
         _header(card),
+        _estimates(evaluated, generalisation),
         _data(card, sources),
         _audit(audit_summary),
         _metrics(card, evaluated),

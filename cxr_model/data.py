@@ -30,7 +30,12 @@ import pandas as pd
 import tensorflow as tf
 from botocore.exceptions import ClientError
 
-from cxr_model.images import MODEL_CHANNELS, to_model_input
+from cxr_model.images import (
+    LEGACY_PREPROCESSING,
+    MODEL_CHANNELS,
+    Preprocessing,
+    to_model_input,
+)
 from cxr_model.storage import ObjectStore
 
 POSITIVE_LABEL = "covid"
@@ -53,9 +58,18 @@ class SplitArrays:
         return len(self.labels)
 
 
-def array_cache_prefix(dataset_id: str, image_size: int) -> str:
-    """Where the store keeps the array shards of one dataset at one image size."""
-    return f"{ARRAY_CACHE_PREFIX}/{dataset_id}/{image_size}"
+def _input_name(image_size: int, preprocessing: Preprocessing) -> str:
+    """``224`` for the study's conversion, ``224-crop-eq`` for another preprocessing."""
+    if preprocessing == LEGACY_PREPROCESSING:
+        return str(image_size)
+    return f"{image_size}-{preprocessing.name}"
+
+
+def array_cache_prefix(
+    dataset_id: str, image_size: int, preprocessing: Preprocessing = LEGACY_PREPROCESSING
+) -> str:
+    """Where the store keeps the array shards of one dataset at one image size and preprocessing."""
+    return f"{ARRAY_CACHE_PREFIX}/{dataset_id}/{_input_name(image_size, preprocessing)}"
 
 
 def load_split_arrays(
@@ -65,6 +79,7 @@ def load_split_arrays(
     image_size: int,
     cache_dir: Path,
     dataset_id: str | None = None,
+    preprocessing: Preprocessing = LEGACY_PREPROCESSING,
 ) -> SplitArrays:
     """Pixels and labels of one split: local cache → store shards → decoded once from the store.
 
@@ -74,25 +89,34 @@ def load_split_arrays(
     rows = split_frame[split_frame["split"] == split].sort_values("dataset_key")
     keys = [str(key) for key in rows["dataset_key"]]
     labels = (rows["label"] == POSITIVE_LABEL).to_numpy(np.float32)
-    local = cache_dir / f"{split}-{image_size}.npz"
+    local = cache_dir / f"{split}-{_input_name(image_size, preprocessing)}.npz"
     images = _read_local(local, keys)
     if images is not None:
         return SplitArrays(images, labels, keys)
-    shards = None if dataset_id is None else array_cache_prefix(dataset_id, image_size)
+    shards = (
+        None if dataset_id is None else array_cache_prefix(dataset_id, image_size, preprocessing)
+    )
     images = None if shards is None else read_shards(store, shards, split, keys)
     if images is None:
-        images = decode_images(store, keys, image_size)
+        images = decode_images(store, keys, image_size, preprocessing)
         if shards is not None:
             write_shards(store, shards, split, images, keys)
     _write_local(local, images, keys)
     return SplitArrays(images, labels, keys)
 
 
-def decode_images(store: ObjectStore, keys: list[str], image_size: int) -> np.ndarray:
+def decode_images(
+    store: ObjectStore,
+    keys: list[str],
+    image_size: int,
+    preprocessing: Preprocessing = LEGACY_PREPROCESSING,
+) -> np.ndarray:
     """Fetch and convert each key's image: (n, size, size, 3) uint8 in the order of ``keys``."""
 
     def convert(key: str) -> np.ndarray:
-        return to_model_input(store.get_bytes(key), image_size, name=store.uri(key))
+        return to_model_input(
+            store.get_bytes(key), image_size, name=store.uri(key), preprocessing=preprocessing
+        )
 
     with ThreadPoolExecutor(max_workers=DECODE_THREADS) as pool:
         pixels = list(pool.map(convert, keys))

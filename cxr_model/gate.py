@@ -11,7 +11,13 @@ Rules, in order:
 1. The candidate must meet every minimum (AUC, sensitivity, optionally specificity). A metric that
    is undefined (``None``, e.g. AUC on a single-class split) does not meet its minimum.
 2. With no champion, a candidate that meets the minimums becomes the first champion.
-3. Otherwise it becomes champion when its comparison metric is at least the champion's minus the
+3. When the shortcut audit flagged the training data (a hospital, image size or format gives the
+   label away), the internal Val numbers may measure the shortcut. The candidate must then show
+   evidence from images where the shortcut cannot help (:class:`~cxr_model.generalisation.
+   Generalisation`): every held-out-source and within-source AUC available must reach
+   ``min_unseen_auc``, and at least one must exist. ``allow_confounded`` skips this, and the
+   reason then says so (it is recorded on the card and in the alias history).
+4. Otherwise it becomes champion when its comparison metric is at least the champion's minus the
    tolerance (so a tie promotes: the newer model was trained on the newer data), else it stays a
    candidate.
 
@@ -26,6 +32,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from cxr_model.evaluate import Evaluation, markdown_cell
+from cxr_model.generalisation import Generalisation
 from cxr_model.registry import CANDIDATE, CHAMPION
 
 __all__ = ["GateDecision", "GateSettings", "decide", "gate_markdown", "headline_metrics"]
@@ -90,6 +97,18 @@ class GateSettings(BaseModel):
         le=1,
         description="How far below the champion the candidate's metric may be and still promote.",
     )
+    min_unseen_auc: float = Field(
+        default=0.8,
+        ge=0,
+        le=1,
+        description="When the shortcut audit flags the data: lowest AUC on held-out sources and "
+        "within sources that a champion may have.",
+    )
+    allow_confounded: bool = Field(
+        default=False,
+        description="Promote even when the data are confounded and the held-out-source or "
+        "within-source evidence is missing or below min_unseen_auc (recorded on the card).",
+    )
 
 
 class GateDecision(BaseModel):
@@ -103,6 +122,11 @@ class GateDecision(BaseModel):
     champion_version: int | None = None
     champion_metrics: dict | None = None
     settings: GateSettings = Field(default_factory=GateSettings)
+    unseen_evidence: dict[str, float] = Field(
+        default_factory=dict, description="Held-out-source and within-source AUCs considered."
+    )
+    confounded: bool = False
+    overridden: bool = Field(default=False, description="allow_confounded let the model pass.")
 
 
 def headline_metrics(evaluation: Evaluation) -> dict:
@@ -141,18 +165,44 @@ def _met(candidate: Evaluation, settings: GateSettings) -> str:
     return ", ".join(met)
 
 
+def _unseen_shortfall(generalisation: Generalisation, settings: GateSettings) -> str | None:
+    """Why the evidence from unseen sources does not clear the gate (None: it does)."""
+    flags = "; ".join(generalisation.shortcut_flags)
+    evidence = generalisation.evidence()
+    if not evidence:
+        return (
+            f"the shortcut audit flagged the data ({flags}) and there is no held-out-source or "
+            "within-source evidence that the model learned the disease"
+        )
+    low = [
+        f"{name} {value:.2f} < {settings.min_unseen_auc:.2f}"
+        for name, value in evidence.items()
+        if value < settings.min_unseen_auc
+    ]
+    if low:
+        return f"{'; '.join(low)} (the shortcut audit flagged the data: {flags})"
+    return None
+
+
 def decide(
     candidate: Evaluation,
     champion: Evaluation | None,
     settings: GateSettings | None = None,
     champion_version: int | None = None,
+    generalisation: Generalisation | None = None,
 ) -> GateDecision:
     """Promote ``candidate`` or not, given the ``champion`` re-evaluated on the same validation
-    data (None when there is no champion yet)."""
+    data (None when there is no champion yet) and the ``generalisation`` evidence (held-out and
+    within-source AUCs; None: not measured)."""
     settings = settings or GateSettings()
     metric = settings.metric
+    confounded = generalisation is not None and generalisation.confounded
+    shortfall = _unseen_shortfall(generalisation, settings) if confounded else None
+    overridden = shortfall is not None and settings.allow_confounded
 
     def verdict(promote: bool, reason: str) -> GateDecision:
+        if overridden and promote:
+            reason += f" Allowed by gate.allow_confounded although {shortfall}."
         return GateDecision(
             promote=promote,
             alias=CHAMPION if promote else CANDIDATE,
@@ -162,11 +212,16 @@ def decide(
             champion_version=champion_version,
             champion_metrics=None if champion is None else headline_metrics(champion),
             settings=settings,
+            unseen_evidence=generalisation.evidence() if generalisation else {},
+            confounded=confounded,
+            overridden=overridden and promote,
         )
 
     missed = _shortfalls(candidate, settings)
     if missed:
         return verdict(False, f"Not promoted: {'; '.join(missed)}.")
+    if shortfall is not None and not settings.allow_confounded:
+        return verdict(False, f"Not promoted: {shortfall}.")
     if champion is None:
         return verdict(True, f"First model: {_met(candidate, settings)}; promoted to champion.")
     ours, theirs = getattr(candidate, metric), getattr(champion, metric)
@@ -237,4 +292,16 @@ def gate_markdown(decision: GateDecision, heading: str | None = "###") -> str:
                 filter(None, [rule, f"compared (tolerance {decision.settings.tolerance:.3f})"])
             )
         lines.append(f"{row} {rule} |")
+    if decision.confounded or decision.unseen_evidence:
+        lines += ["", "| evidence from unseen sources | candidate | gate |", "|---|---:|---|"]
+        needed = f"≥ {decision.settings.min_unseen_auc:.3f}" if decision.confounded else "reported"
+        lines += [
+            f"| {name} | {value:.3f} | {needed} |"
+            for name, value in decision.unseen_evidence.items()
+        ] or ["| (none measured) | n/a | required: the data are confounded |"]
+    if decision.overridden:
+        lines += [
+            "",
+            "**Promoted under `gate.allow_confounded`: the unseen-source minimum was waived.**",
+        ]
     return "\n".join(lines) + "\n"

@@ -30,8 +30,13 @@ Conversion, in order:
    - Colour (``RGB``, ``CMYK``, ``P``, ``YCbCr``, ...) becomes ITU-R 601 luminance
      (Pillow's ``convert("L")``). Radiographs saved as RGB are grey, so nothing is lost.
 
-6. **Resize** to ``size × size`` ignoring the aspect ratio (the study squashed images rather
-   than padding or cropping; we keep that so results stay comparable). The filter is Pillow's
+6. **Preprocessing** (:class:`Preprocessing`, recorded with each model and applied identically
+   at scoring): optionally cut a ``border`` share off every side (burnt-in text and markers sit
+   at the edges), then **resize** to ``size × size`` by ``stretch`` (the study's squash, which
+   keeps the aspect ratio as a tell-tale distortion), ``crop`` (scale the shorter side to
+   ``size`` and cut the centre square) or ``pad`` (scale the longer side and pad with black), and
+   optionally **equalise** the histogram of the image content (before padding), which removes
+   most of the exposure and contrast differences between hospitals. The filter is Pillow's
    ``BILINEAR`` with ``reducing_gap=2.0``: Pillow's bilinear is area-aware (antialiased) when
    shrinking, and the reducing gap first box-reduces big images by an integer factor, which
    is fast and visually indistinguishable from a full-size bilinear pass. Upscaling small
@@ -49,14 +54,18 @@ import io
 import re
 import warnings
 from dataclasses import asdict, dataclass
+from typing import Literal
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
+    "LEGACY_PREPROCESSING",
     "MAX_PIXELS",
     "MODEL_CHANNELS",
     "SUPPORTED_FORMATS",
+    "Preprocessing",
     "ImageError",
     "ImageFacts",
     "hamming",
@@ -82,6 +91,50 @@ _ALPHA_MODES = {"LA", "La", "RGBA", "RGBa", "PA"}
 # EXIF orientations 5..8 include a 90° turn, so width and height swap.
 _ORIENTATION_TAG = 0x0112
 _SWAPPING_ORIENTATIONS = {5, 6, 7, 8}
+
+
+class Preprocessing(BaseModel):
+    """How a decoded x-ray becomes a square model input (step 6 of the module docstring).
+
+    Part of a model's input contract: training records it in the model's parameters and scoring
+    applies the recorded one, so a model always sees images prepared as in its training.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    resize: Literal["stretch", "crop", "pad"] = Field(
+        default="stretch",
+        description="stretch: squash to a square (the study); crop: centre square after scaling "
+        "the shorter side; pad: scale the longer side and pad with black.",
+    )
+    equalize: bool = Field(
+        default=False, description="Histogram-equalise the image content (intensity normalisation)."
+    )
+    border: float = Field(
+        default=0.0,
+        ge=0.0,
+        lt=0.25,
+        description="Share of the width and height cut off each side before resizing.",
+    )
+
+    @classmethod
+    def of_model(cls, training: dict) -> Preprocessing:
+        """The preprocessing recorded in a model's training parameters; models registered before
+        it was recorded used the study's (:data:`LEGACY_PREPROCESSING`)."""
+        return cls.model_validate(training.get("preprocessing") or {})
+
+    @property
+    def name(self) -> str:
+        """A short, stable name, e.g. ``crop-eq-b0.05``; part of cache keys."""
+        parts = [self.resize] + (["eq"] if self.equalize else [])
+        if self.border:
+            parts.append(f"b{self.border:g}")
+        return "-".join(parts)
+
+
+LEGACY_PREPROCESSING = Preprocessing()
+"""The study's conversion (stretch, no equalisation, no border): models registered before
+preprocessing was recorded were trained with it."""
 
 
 class ImageError(ValueError):
@@ -360,7 +413,49 @@ def _to_luminance(img: Image.Image) -> Image.Image:
     return img.convert("RGB").convert("L")  # YCbCr, LAB, HSV, RGBX, ...
 
 
-def to_model_input(data: bytes, size: int, *, name: str = "<bytes>") -> np.ndarray:
+def _cut_border(img: Image.Image, share: float) -> Image.Image:
+    if not share:
+        return img
+    width, height = img.size
+    dx, dy = round(width * share), round(height * share)
+    return img.crop((dx, dy, max(dx + 1, width - dx), max(dy + 1, height - dy)))
+
+
+def _scaled(img: Image.Image, width: int, height: int) -> Image.Image:
+    if img.size == (width, height):
+        return img
+    return img.resize((max(1, width), max(1, height)), RESAMPLE, reducing_gap=REDUCING_GAP)
+
+
+def _to_square(img: Image.Image, size: int, preprocessing: Preprocessing) -> Image.Image:
+    """Border cut, resize and equalisation of an L image, as ``preprocessing`` says."""
+    img = _cut_border(img, preprocessing.border)
+    width, height = img.size
+    if preprocessing.resize == "stretch":
+        img = _scaled(img, size, size)
+        return ImageOps.equalize(img) if preprocessing.equalize else img
+    if preprocessing.resize == "crop":
+        scale = size / min(width, height)
+        img = _scaled(img, max(size, round(width * scale)), max(size, round(height * scale)))
+        left, top = (img.width - size) // 2, (img.height - size) // 2
+        img = img.crop((left, top, left + size, top + size))
+        return ImageOps.equalize(img) if preprocessing.equalize else img
+    scale = size / max(width, height)
+    img = _scaled(img, min(size, round(width * scale)), min(size, round(height * scale)))
+    if preprocessing.equalize:
+        img = ImageOps.equalize(img)
+    square = Image.new("L", (size, size), 0)
+    square.paste(img, ((size - img.width) // 2, (size - img.height) // 2))
+    return square
+
+
+def to_model_input(
+    data: bytes,
+    size: int,
+    *,
+    name: str = "<bytes>",
+    preprocessing: Preprocessing = LEGACY_PREPROCESSING,
+) -> np.ndarray:
     """Convert image file bytes to a ``(size, size, 3)`` uint8 array (see the module docstring).
 
     Raises :class:`ImageError` naming ``name`` and the reason when the bytes are not a usable
@@ -371,9 +466,7 @@ def to_model_input(data: bytes, size: int, *, name: str = "<bytes>") -> np.ndarr
     try:
         img = _open_decoded(data, draft_size=size)
         img = ImageOps.exif_transpose(img)
-        img = _to_luminance(img)
-        if img.size != (size, size):
-            img = img.resize((size, size), RESAMPLE, reducing_gap=REDUCING_GAP)
+        img = _to_square(_to_luminance(img), size, preprocessing)
     except _Bad as bad:
         raise ImageError(name, bad.reason) from bad
     except (ValueError, OSError) as exc:  # e.g. broken EXIF or palette found after decoding

@@ -208,13 +208,24 @@ class QualityReport(OutcomeReport):
 
     def summary_markdown(self, limit: int = 200) -> str:
         """Counts, failed expectations, and the rejected files (at most ``limit``) as Markdown."""
-        status = "passed" if self.passed else "FAILED"
-        lines = [
-            f"## Data quality: {status}",
-            "",
+        flags = self.audit.flags if self.audit is not None else []
+        status = "FAILED" if not self.passed else "passed"
+        if flags and self.passed:
+            status = f"passed with {len(flags)} SHORTCUT WARNING(S)"
+        lines = [f"## Data quality: {status}", ""]
+        lines += [f"**Warning: {flag.warning}**  " for flag in flags]
+        if flags:
+            lines += [
+                "A model can score well on these data by learning the shortcut instead of the "
+                "disease; only held-out-source and within-source results show which it learned.",
+                "",
+            ]
+        lines += [
             f"- files: {self.total}, accepted: {len(self.accepted_keys)}, "
             f"rejected: {len(self.rejected)}",
-            f"- critical failures: {len(self.critical_failures)}, warnings: {len(self.warnings)}",
+            f"- critical failures: {len(self.critical_failures)}, warnings: "
+            f"{len(self.warnings) + len(flags)} ({len(self.warnings)} from expectations, "
+            f"{len(flags)} from the shortcut audit)",
             f"- Data Docs: `{Path(self.docs_dir) / 'index.html'}`",
         ]
         if self.audit is not None:

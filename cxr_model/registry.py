@@ -99,6 +99,11 @@ class ModelCard(BaseModel):
     code_version: str
     library_versions: dict[str, str]
     notes: list[str] = Field(default_factory=list)
+    generalisation: dict | None = Field(
+        default=None,
+        description="Held-out-source and within-source evidence "
+        "(cxr_model.generalisation.Generalisation); None on versions registered before it.",
+    )
 
 
 class AliasMove(BaseModel):

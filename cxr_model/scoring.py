@@ -64,7 +64,7 @@ import pyarrow.parquet as pq
 from botocore.exceptions import ClientError
 from pydantic import BaseModel
 
-from cxr_model.images import ImageError, to_model_input
+from cxr_model.images import LEGACY_PREPROCESSING, ImageError, Preprocessing, to_model_input
 from cxr_model.storage import ObjectStore, parse_s3_uri
 
 if TYPE_CHECKING:
@@ -352,10 +352,12 @@ def _read(path: str, store: ObjectStore) -> _File:
     return _File(path, hashlib.sha256(data).hexdigest(), data)
 
 
-def _decode(file: _File, image_size: int) -> np.ndarray | str:
+def _decode(file: _File, image_size: int, preprocessing: Preprocessing) -> np.ndarray | str:
     """The model input of a file's bytes, or why it cannot be one."""
     try:
-        return to_model_input(file.data or b"", image_size, name=file.path)
+        return to_model_input(
+            file.data or b"", image_size, name=file.path, preprocessing=preprocessing
+        )
     except (OSError, ImageError) as exc:
         return _why(exc)
 
@@ -370,7 +372,7 @@ def _new_contents(files: list[_File], stored: Mapping[str, StoredScore]) -> dequ
 
 
 def _decoded(
-    new: deque[_File], pool: ThreadPoolExecutor, image_size: int
+    new: deque[_File], pool: ThreadPoolExecutor, image_size: int, preprocessing: Preprocessing
 ) -> Iterator[tuple[str, np.ndarray | str]]:
     """``(sha256, model input or why not)`` of each file in ``new``, in order, emptying ``new``.
 
@@ -381,13 +383,13 @@ def _decoded(
     while new or pending:
         while new and len(pending) < DECODE_AHEAD:
             file = new.popleft()
-            pending.append((file.sha256, pool.submit(_decode, file, image_size)))
+            pending.append((file.sha256, pool.submit(_decode, file, image_size, preprocessing)))
         sha256, decoding = pending.popleft()
         yield sha256, decoding.result()
 
 
 def _predict_new(
-    new: deque[_File], predict: Predict, image_size: int
+    new: deque[_File], predict: Predict, image_size: int, preprocessing: Preprocessing
 ) -> tuple[dict[str, float], dict[str, str]]:
     """Probabilities of the ``new`` contents by sha256, and why the others could not be decoded.
 
@@ -404,7 +406,7 @@ def _predict_new(
         waiting.clear()
 
     with ThreadPoolExecutor(max_workers=DECODE_THREADS) as pool:
-        for sha256, pixels in _decoded(new, pool, image_size):
+        for sha256, pixels in _decoded(new, pool, image_size, preprocessing):
             if isinstance(pixels, str):
                 failed[sha256] = pixels
                 continue
@@ -426,6 +428,7 @@ def score_chunk(
     threshold: float,
     run: str,
     only_new: bool = False,
+    preprocessing: Preprocessing = LEGACY_PREPROCESSING,
 ) -> ChunkScores:
     """Rows for ``paths`` in input order, predicting only contents ``scores`` does not hold.
 
@@ -437,7 +440,7 @@ def score_chunk(
     stored = scores.lookup(file.sha256 for file in files if file.error is None)
     new = _new_contents(files, stored)
     files = [replace(file, data=None) for file in files]  # bytes stay only until decoded
-    fresh, failed = _predict_new(new, predict, image_size)
+    fresh, failed = _predict_new(new, predict, image_size, preprocessing)
     scores.save(fresh, run)
     rows: list[Prediction] = []
     for file in files:

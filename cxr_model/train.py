@@ -34,6 +34,7 @@ from pydantic import BaseModel, Field, field_validator
 from sklearn.utils.class_weight import compute_class_weight
 
 from cxr_model.data import SplitArrays, evaluation_batches, is_grey, training_batches
+from cxr_model.images import Preprocessing
 from cxr_model.model import ARCHITECTURES, build_model, compile_for_training, with_augmentation
 from cxr_model.storage import ObjectStore, parse_s3_uri
 
@@ -53,6 +54,11 @@ class TrainParams(BaseModel):
         "efficientnetb0 or resnet50.",
     )
     image_size: int = Field(default=224, ge=32, le=1024, description="Square input size in pixels.")
+    preprocessing: Preprocessing = Field(
+        default_factory=Preprocessing,
+        description="How images are resized and normalised (recorded on the card; scoring "
+        "applies the same).",
+    )
     epochs: int = Field(default=6, ge=1, le=500, description="Passes over the training split.")
     batch_size: int = Field(
         default=32, ge=1, le=1024, description="Images per training step, over all replicas."

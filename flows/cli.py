@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.markdown import Markdown
+from rich.markup import escape
 from rich.table import Table
 
 app = typer.Typer(
@@ -116,6 +117,81 @@ def _ui_hint() -> str:
     )
 
 
+def _print_audit(flags: list[str]) -> None:
+    if not flags:
+        console.print("shortcut audit:      no shortcut found")
+        return
+    console.print(
+        f"[bold red]shortcut audit:      {len(flags)} flag(s)[/bold red]", highlight=False
+    )
+    for flag in flags:
+        console.print(f"[bold red]  WARNING: {escape(flag)}[/bold red]", highlight=False)
+
+
+def _auc(auc: float | None, low: float | None, high: float | None) -> str:
+    text = "n/a" if auc is None else f"{auc:.2f}"
+    return text if low is None or high is None else f"{text} (95% CI {low:.2f}–{high:.2f})"
+
+
+def _rate(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+def _print_retrain(r) -> None:
+    """What a retraining run found, in the order a reader needs it: the audit, the internal and
+    honest estimates side by side, and the gate's decision with its reason."""
+    e, g = r.evaluation, r.generalisation
+    _print_audit(r.quality.shortcut_flags)
+    held = ", ".join(r.dataset.held_out.sources) or "none"
+    console.print(f"held-out sources:    {escape(held)} — {escape(r.dataset.held_out.reason)}")
+    at = f"at threshold {e.threshold:.2f} (chosen on Val, {e.threshold_rule})"
+    console.print(
+        f"internal (Val):      AUC {_auc(e.auc, e.auc_ci_low, e.auc_ci_high)}; sensitivity "
+        f"{_rate(e.sensitivity)}, specificity {_rate(e.specificity)} {at}"
+    )
+    if g.held_out is not None:
+        h = g.held_out
+        console.print(
+            f"held-out sources:    AUC {_auc(h.auc, h.auc_ci_low, h.auc_ci_high)}; sensitivity "
+            f"{_rate(h.sensitivity)}, specificity {_rate(h.specificity)} at the same threshold "
+            f"({h.n_covid} covid, {h.n_normal} normal)"
+        )
+    for row in g.within_source:
+        console.print(
+            f"within {escape(row.source)}:".ljust(21)
+            + f"AUC {_auc(row.auc, row.auc_ci_low, row.auc_ci_high)} ({row.n_covid} covid, "
+            f"{row.n_normal} normal, {row.splits})"
+        )
+    honest = g.honest
+    style = "bold red" if g.confounded else "bold"
+    if honest is None:
+        console.print(
+            f"[{style}]honest estimate:     none — no held-out source and no source with both "
+            f"classes[/{style}]",
+            highlight=False,
+        )
+    else:
+        console.print(
+            f"[{style}]honest estimate:     {escape(honest.name)} "
+            f"{_auc(honest.auc, honest.auc_ci_low, honest.auc_ci_high)} (internal Val AUC "
+            f"{_rate(e.auc)})[/{style}]",
+            highlight=False,
+        )
+    console.print(
+        f"training:            accuracy {r.trained.train_accuracy:.2f} on Train (augmented, "
+        f"class-weighted), {r.trained.val_accuracy:.2f} on Val, both at threshold 0.5"
+    )
+    reg = r.registered
+    verdict = "bold green" if reg.alias == "champion" else "bold yellow"
+    console.print(
+        f"[{verdict}]registered:          {reg.name} v{reg.version} as {reg.alias.upper()}"
+        f"[/{verdict}] at {reg.uri}",
+        highlight=False,
+    )
+    console.print(f"promotion gate:      {escape(reg.reason)}")
+    console.print(f"model card:          {reg.card_uri}")
+
+
 @app.command()
 def demo(
     verbose: Verbose = False,
@@ -139,23 +215,10 @@ def demo(
     result = _run("running the pipeline…", lambda: demo_flow(params))
     r = result.retrain
     console.print()
-    console.print(f"train accuracy:      {r.trained.train_accuracy:.3f}")
-    console.print(f"validation accuracy: {r.trained.val_accuracy:.3f}")
-    console.print(
-        f"registered:          {r.registered.name} version {r.registered.version} "
-        f"(alias {r.registered.alias}) at {r.registered.uri}"
-    )
-    console.print(f"promotion gate:      {r.registered.reason}")
-    console.print(f"model card:          {r.registered.card_uri}")
+    _print_retrain(r)
     console.print(f"data quality report: {r.quality.report_uri}")
     console.print(
         f"data docs:           {r.quality.docs_uri}  (local: file://{r.quality.docs_local})"
-    )
-    console.print(
-        f"evaluation:          AUC {r.evaluation.auc:.3f} (95% CI {r.evaluation.auc_ci_low:.3f}–"
-        f"{r.evaluation.auc_ci_high:.3f}), sensitivity {r.evaluation.sensitivity:.3f}, "
-        f"specificity {r.evaluation.specificity:.3f} at threshold {r.evaluation.threshold:.3f} "
-        f"({r.evaluation.threshold_rule})"
     )
     errors = result.score.summary["errors"]
     console.print(
@@ -181,6 +244,7 @@ def ingest(
     report = _run("ingesting…", lambda: ingest_flow(IngestParams(sources=sources)))
     console.print(Markdown(report.ingest.summary))
     console.print(Markdown(report.quality.summary))
+    _print_audit(report.quality.shortcut_flags)
     console.print(f"data quality report: {report.quality.report_uri}")
     console.print(
         f"data docs: {report.quality.docs_uri} (local: file://{report.quality.docs_local})"
@@ -208,17 +272,35 @@ def train(
     patience: Annotated[
         int | None, typer.Option(help="Early stopping after this many epochs without progress.")
     ] = None,
+    hold_out: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A source to keep out of training and evaluate on (repeat for more; 'none': "
+            "hold nothing out). Default: chosen automatically when the shortcut audit flags "
+            "the data."
+        ),
+    ] = None,
+    allow_confounded: Annotated[
+        bool,
+        typer.Option(
+            help="Let the gate promote a model although the data are confounded and the "
+            "held-out-source evidence is missing or weak (recorded on the card)."
+        ),
+    ] = False,
     verbose: Verbose = False,
 ) -> None:
     """Retrain on SOURCES: get images → check → split → train → evaluate → gate → register."""
     _configure(verbose)
+    from cxr_model.gate import GateSettings
     from cxr_model.split import SplitParams
     from cxr_model.train import TrainParams
     from flows.retrain import RetrainParams, retrain
 
+    held_out = None if hold_out is None else [s for s in hold_out if s.lower() != "none"]
     params = RetrainParams(
         sources=sources,
-        split=SplitParams(val_fraction=val_fraction, seed=seed),
+        split=SplitParams(val_fraction=val_fraction, seed=seed, held_out_sources=held_out),
+        gate=GateSettings(allow_confounded=allow_confounded),
         cv_folds=cv_folds,
         training=TrainParams(
             architecture=architecture,
@@ -231,16 +313,7 @@ def train(
         ),
     )
     r = _run("retraining…", lambda: retrain(params))
-    console.print(
-        f"train accuracy {r.trained.train_accuracy:.3f}, validation accuracy "
-        f"{r.trained.val_accuracy:.3f}, AUC {r.evaluation.auc}"
-    )
-    console.print(
-        f"registered {r.registered.name} version {r.registered.version} "
-        f"(alias {r.registered.alias}) at {r.registered.uri}"
-    )
-    console.print(r.registered.reason)
-    console.print(f"model card: {r.registered.card_uri}")
+    _print_retrain(r)
 
 
 @app.command()

@@ -9,10 +9,12 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from prefect import flow
+from prefect.states import Completed, State
 from pydantic import BaseModel, Field
 
 from cxr_model.evaluate import Evaluation, ThresholdRule
 from cxr_model.gate import GateSettings
+from cxr_model.generalisation import Generalisation, honest_line
 from cxr_model.quality import QualitySettings
 from cxr_model.split import SplitParams
 from cxr_model.train import TrainParams
@@ -60,7 +62,13 @@ class RetrainResult(BaseModel):
     dataset: DatasetRef
     trained: TrainedModel
     evaluation: Evaluation
+    generalisation: Generalisation
     registered: RegisteredModel
+
+    @property
+    def decision(self) -> str:
+        """The gate's decision with the internal and honest estimates, for the run's state."""
+        return f"{self.registered.decision} ({honest_line(self.evaluation, self.generalisation)})"
 
 
 def _run_name() -> str:
@@ -68,12 +76,22 @@ def _run_name() -> str:
 
 
 @flow(name="retrain", flow_run_name=_run_name, log_prints=True)
-def retrain(params: RetrainParams) -> RetrainResult:
-    """Turn image sources into a registered COVID-vs-normal classifier."""
+def retrain(params: RetrainParams) -> State:
+    """Turn image sources into a registered COVID-vs-normal classifier.
+
+    The run ends Completed with the gate's decision as its message; calling the flow returns
+    the :class:`RetrainResult`.
+    """
     prefix = run_prefix("retrain")
     images = get_images(params.sources)
     quality = check_images(images.manifest_key, params.quality, f"{prefix}/quality")
-    dataset = sort_images(quality.accepted_key, params.split, params.quality, f"{prefix}/quality")
+    dataset = sort_images(
+        quality.accepted_key,
+        params.split,
+        params.quality,
+        f"{prefix}/quality",
+        quality.report_key,
+    )
     if params.cv_folds > 1:
         folds = [
             fit_fold(dataset, params.training, fold, params.cv_folds, prefix)
@@ -82,13 +100,12 @@ def retrain(params: RetrainParams) -> RetrainResult:
         trained = combine_folds(folds, params.training, prefix)
     else:
         trained = fit_model(dataset, params.training, prefix)
-    evaluation = evaluate_model(
-        trained.model_key, params.training.image_size, dataset, params.threshold, prefix
-    )
+    assessed = evaluate_model(trained.model_key, params.training, dataset, params.threshold, prefix)
     champion = evaluate_champion(dataset, params.threshold)
     registered = register_model(
         trained,
-        evaluation,
+        assessed.internal,
+        assessed.generalisation,
         champion,
         params.gate,
         dataset,
@@ -96,11 +113,13 @@ def retrain(params: RetrainParams) -> RetrainResult:
         quality.accepted_key,
         params.model_dump(),
     )
-    return RetrainResult(
+    result = RetrainResult(
         ingest=images,
         quality=quality,
         dataset=dataset,
         trained=trained,
-        evaluation=evaluation,
+        evaluation=assessed.internal,
+        generalisation=assessed.generalisation,
         registered=registered,
     )
+    return Completed(message=result.decision, data=result)

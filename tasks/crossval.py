@@ -21,6 +21,7 @@ from pydantic import BaseModel
 from cxr_model.data import SplitArrays
 from cxr_model.ensemble import average_ensemble
 from cxr_model.evaluate import Evaluation, evaluate_predictions, folds_markdown, summarise_folds
+from cxr_model.images import LEGACY_PREPROCESSING, Preprocessing
 from cxr_model.split import TRAIN, load_split, patient_folds
 from cxr_model.train import Checkpoint, TrainParams, checkpoint_prefix, train_model
 from tasks.common import TRANSIENT_RETRIES, artifact_key, say, store
@@ -51,10 +52,15 @@ def _subset(arrays: SplitArrays, keep: np.ndarray) -> SplitArrays:
 
 
 def fold_arrays(
-    dataset: DatasetRef, image_size: int, fold: int, folds: int, seed: int
+    dataset: DatasetRef,
+    image_size: int,
+    fold: int,
+    folds: int,
+    seed: int,
+    preprocessing: Preprocessing = LEGACY_PREPROCESSING,
 ) -> tuple[SplitArrays, SplitArrays, list[str]]:
     """Train rows outside ``fold``, the rows in it, and the held-out rows' sources."""
-    (train,) = split_arrays(dataset, image_size, TRAIN)
+    (train,) = split_arrays(dataset, image_size, TRAIN, preprocessing=preprocessing)
     rows = load_split(store(), dataset.split_key).set_index("dataset_key").loc[train.keys]
     assignment = patient_folds(rows.reset_index(), folds, seed).to_numpy()
     held = assignment == fold
@@ -68,7 +74,9 @@ def fit_fold(
 ) -> FoldModel:
     """Train on the other folds, validate on this one; keep its out-of-fold predictions."""
     objects = store()
-    train, held, sources = fold_arrays(dataset, params.image_size, fold, folds, params.seed)
+    train, held, sources = fold_arrays(
+        dataset, params.image_size, fold, folds, params.seed, params.preprocessing
+    )
     say(f"fold {fold + 1}/{folds}: training on {len(train)} images, holding out {len(held)}")
     checkpoint = Checkpoint(
         objects, f"{checkpoint_prefix(dataset.dataset_id, params)}/fold-{fold}-of-{folds}"

@@ -1,11 +1,19 @@
-"""Evaluate: score the validation split with a model and record metrics, plots and a report."""
+"""Evaluate: score Val and the held-out sources with a model; record metrics, plots and a report.
+
+Besides the internal Val numbers, every evaluation measures the model where a source shortcut
+cannot help: on held-out sources and within sources that have both classes
+(:mod:`cxr_model.generalisation`).
+"""
 
 from __future__ import annotations
+
+import json
 
 import keras
 import numpy as np
 from prefect import task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+from pydantic import BaseModel
 
 from cxr_model.config import get_settings
 from cxr_model.evaluate import (
@@ -16,8 +24,16 @@ from cxr_model.evaluate import (
     evaluation_report_markdown,
 )
 from cxr_model.gate import HEADLINE
+from cxr_model.generalisation import (
+    Generalisation,
+    assess_generalisation,
+    estimates_markdown,
+    honest_line,
+)
+from cxr_model.images import Preprocessing
 from cxr_model.registry import CHAMPION, RegistryError
-from cxr_model.split import VAL, load_split
+from cxr_model.split import HOLDOUT, VAL, load_split
+from cxr_model.train import TrainParams
 from tasks.common import TRANSIENT_RETRIES, artifact_key, say, store
 from tasks.registry import ChampionEvaluation, registry
 from tasks.split import DatasetRef
@@ -28,17 +44,52 @@ PREDICT_BATCH = 64
 TABLE_METRICS = ["n_images", *HEADLINE]
 
 
-def predict_validation(
-    model: keras.Model, dataset: DatasetRef, image_size: int
-) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Labels, covid probabilities and source names of the Val split, in the cached order."""
-    (val,) = split_arrays(dataset, image_size, VAL)
-    probabilities = model.predict(
-        val.images.astype("float32"), batch_size=PREDICT_BATCH, verbose=0
-    ).reshape(-1)
+class ModelEvaluation(BaseModel):
+    """The internal Val evaluation and the evidence from unseen sources, with the report."""
+
+    internal: Evaluation
+    generalisation: Generalisation
+    report_uri: str
+
+
+class Predictions(BaseModel):
+    """Labels, covid probabilities, sources and split names of a dataset's images, in one order."""
+
+    labels: list[float]
+    probabilities: list[float]
+    sources: list[str]
+    splits: list[str]
+
+    def of(self, split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        keep = np.asarray(self.splits) == split
+        sources = [s for s, k in zip(self.sources, keep, strict=True) if k]
+        return np.asarray(self.labels)[keep], np.asarray(self.probabilities)[keep], sources
+
+
+def predict_splits(
+    model: keras.Model,
+    dataset: DatasetRef,
+    image_size: int,
+    preprocessing: Preprocessing,
+    splits: tuple[str, ...] = (VAL, HOLDOUT),
+) -> Predictions:
+    """The model's predictions on the named splits of the dataset (a missing split gives none)."""
     frame = load_split(store(), dataset.split_key).set_index("dataset_key")
-    sources = [str(s) for s in frame.loc[val.keys, "source"]]
-    return val.labels, probabilities, sources
+    present = [split for split in splits if (frame["split"] == split).any()]
+    found = Predictions(labels=[], probabilities=[], sources=[], splits=[])
+    for split, arrays in zip(
+        present,
+        split_arrays(dataset, image_size, *present, preprocessing=preprocessing),
+        strict=True,
+    ):
+        probabilities = model.predict(
+            arrays.images.astype("float32"), batch_size=PREDICT_BATCH, verbose=0
+        ).reshape(-1)
+        found.labels += arrays.labels.tolist()
+        found.probabilities += probabilities.tolist()
+        found.sources += [str(s) for s in frame.loc[arrays.keys, "source"]]
+        found.splits += [split] * len(arrays)
+    return found
 
 
 def staged_model(model_key: str) -> keras.Model:
@@ -47,43 +98,61 @@ def staged_model(model_key: str) -> keras.Model:
     return keras.saving.load_model(store().download(model_key, local), compile=False)
 
 
-def _evaluate(
-    model: keras.Model, dataset: DatasetRef, image_size: int, rule: ThresholdRule
-) -> tuple[Evaluation, np.ndarray, np.ndarray]:
-    labels, probabilities, sources = predict_validation(model, dataset, image_size)
-    evaluation = evaluate_predictions(
+def _evaluate_val(predictions: Predictions, rule: ThresholdRule) -> Evaluation:
+    labels, probabilities, sources = predictions.of(VAL)
+    return evaluate_predictions(
         labels,
         probabilities,
         sources=sources,
         rule=rule.rule,
         target_sensitivity=rule.target_sensitivity,
     )
-    return evaluation, labels, probabilities
 
 
 @task(name="evaluate-model")
 def evaluate_model(
-    model_key: str, image_size: int, dataset: DatasetRef, rule: ThresholdRule, run_prefix: str
-) -> Evaluation:
-    """AUC with its CI and the threshold metrics on the Val split; plots and a report in the store."""
-    evaluation, labels, probabilities = _evaluate(
-        staged_model(model_key), dataset, image_size, rule
+    model_key: str,
+    training: TrainParams,
+    dataset: DatasetRef,
+    rule: ThresholdRule,
+    run_prefix: str,
+) -> ModelEvaluation:
+    """AUC with its CI and the threshold metrics on Val, and the same on the held-out sources and
+    within sources (the honest estimates); plots and a report in the store."""
+    predictions = predict_splits(
+        staged_model(model_key), dataset, training.image_size, training.preprocessing
     )
-    report_uri = write_report(evaluation, labels, probabilities, f"{run_prefix}/evaluation")
+    evaluation = _evaluate_val(predictions, rule)
+    found = assess_generalisation(
+        labels=np.asarray(predictions.labels),
+        probabilities=np.asarray(predictions.probabilities),
+        sources=predictions.sources,
+        splits=predictions.splits,
+        threshold=evaluation.threshold,
+        held_out_sources=dataset.held_out.sources,
+        held_out_reason=dataset.held_out.reason,
+        shortcut_flags=dataset.shortcut_flags,
+    )
+    labels, probabilities, _ = predictions.of(VAL)
+    report_uri = write_report(evaluation, found, labels, probabilities, f"{run_prefix}/evaluation")
     row = evaluation.model_dump(include=set(TABLE_METRICS))
-    create_table_artifact(
-        [{"metric": name, "value": row[name]} for name in TABLE_METRICS],
-        key=artifact_key("evaluation"),
-    )
+    table = [{"metric": name, "value": row[name]} for name in TABLE_METRICS]
+    table += [{"metric": name, "value": value} for name, value in found.evidence().items()]
+    create_table_artifact(table, key=artifact_key("evaluation"))
     create_link_artifact(
         link=report_uri, link_text="Evaluation report", key=artifact_key("evaluation-report")
     )
     say(f"validation: {_headline(evaluation)}; report {report_uri}")
-    return evaluation
+    say(honest_line(evaluation, found))
+    return ModelEvaluation(internal=evaluation, generalisation=found, report_uri=report_uri)
 
 
 def write_report(
-    evaluation: Evaluation, labels: np.ndarray, probabilities: np.ndarray, prefix: str
+    evaluation: Evaluation,
+    found: Generalisation,
+    labels: np.ndarray,
+    probabilities: np.ndarray,
+    prefix: str,
 ) -> str:
     """evaluation.json, the plots and evaluation.md under ``prefix``; returns the report's URI.
 
@@ -91,8 +160,11 @@ def write_report(
     """
     objects = store()
     plots = evaluation_plots(labels, probabilities, evaluation)
-    report = evaluation_report_markdown(evaluation, plots)
-    files = {"evaluation.json": evaluation.model_dump_json(indent=2).encode()}
+    report = (
+        estimates_markdown(evaluation, found) + "\n" + evaluation_report_markdown(evaluation, plots)
+    )
+    record = {"internal": evaluation.model_dump(), "generalisation": found.model_dump()}
+    files = {"evaluation.json": json.dumps(record, indent=2).encode()}
     files |= plots | {"evaluation.md": report.encode()}
     local = get_settings().state_dir / "reports" / prefix
     local.mkdir(parents=True, exist_ok=True)
@@ -113,8 +185,12 @@ def evaluate_champion(dataset: DatasetRef, rule: ThresholdRule) -> ChampionEvalu
     except RegistryError:
         say("no champion yet: the new model is gated on the minimums alone")
         return None
-    image_size = int(card.parameters.get("training", {}).get("image_size", model.input_shape[1]))
-    evaluation, _, _ = _evaluate(model, dataset, image_size, rule)
+    training = card.parameters.get("training", {})
+    image_size = int(training.get("image_size", model.input_shape[1]))
+    predictions = predict_splits(
+        model, dataset, image_size, Preprocessing.of_model(training), splits=(VAL,)
+    )
+    evaluation = _evaluate_val(predictions, rule)
     say(f"champion v{card.version} on the same validation images: {_headline(evaluation)}")
     return ChampionEvaluation(version=card.version, evaluation=evaluation)
 

@@ -33,6 +33,7 @@ class QualityResult(BaseModel):
     docs_local: str
     warnings: list[str]
     summary: str
+    shortcut_flags: list[str] = []  # the shortcut audit's warnings; empty: no shortcut found
 
 
 @task(name="check-images")
@@ -61,6 +62,8 @@ def check_images(manifest_key: str, settings: QualitySettings, report_prefix: st
         description=f"Also stored at {docs_uri}",
     )
     say(f"data quality: {len(accepted)} accepted, {len(report.rejected)} quarantined")
+    flags = [flag.warning for flag in report.audit.flags] if report.audit else []
+    say(f"shortcut audit: {'; '.join(flags) if flags else 'no shortcut found'}")
     for rejection in report.rejected[:PROGRESS_LISTED]:
         say(f"  quarantined {rejection.original_path}: {'; '.join(rejection.reasons)}")
     if len(report.rejected) > PROGRESS_LISTED:
@@ -77,4 +80,5 @@ def check_images(manifest_key: str, settings: QualitySettings, report_prefix: st
         docs_local=str((docs_dir / "index.html").resolve()),
         warnings=[w.summary for w in report.warnings],
         summary=summary,
+        shortcut_flags=flags,
     )

@@ -12,6 +12,7 @@ from cxr_model.card import render_model_card
 from cxr_model.config import get_settings
 from cxr_model.evaluate import Evaluation
 from cxr_model.gate import GateDecision, GateSettings, decide, gate_markdown
+from cxr_model.generalisation import Generalisation
 from cxr_model.manifest import read_csv
 from cxr_model.quality import QualityReport
 from cxr_model.registry import Registry
@@ -39,6 +40,12 @@ class RegisteredModel(BaseModel):
     uri: str
     card_uri: str
     model_bytes: int
+    overridden: bool = False  # promoted under gate.allow_confounded
+
+    @property
+    def decision(self) -> str:
+        """One line for people: ``v3 registered as candidate: <reason>``."""
+        return f"{self.name} v{self.version} registered as {self.alias}: {self.reason}"
 
 
 def registry() -> Registry:
@@ -66,6 +73,7 @@ def dataset_audit(quality_report_key: str) -> dict | None:
 def register_model(
     trained: TrainedModel,
     evaluation: Evaluation,
+    generalisation: Generalisation,
     champion: ChampionEvaluation | None,
     gate: GateSettings,
     dataset: DatasetRef,
@@ -75,7 +83,9 @@ def register_model(
 ) -> RegisteredModel:
     """Register the model, then let the gate decide: ``champion`` or ``candidate``, with a reason.
 
-    ``champion`` is the current champion's version and its metrics on the same Val split.
+    ``champion`` is the current champion's version and its metrics on the same Val split;
+    ``generalisation`` the evidence from unseen sources, which the gate requires when the shortcut
+    audit flagged the data.
     """
     objects = store()
     models = registry()
@@ -87,6 +97,7 @@ def register_model(
         champion.evaluation if champion else None,
         gate,
         champion_version=champion.version if champion else None,
+        generalisation=generalisation,
     )
     card = models.register(
         local,
@@ -96,6 +107,7 @@ def register_model(
         parameters=parameters,
         dataset_id=dataset.dataset_id,
         notes=[f"gate: {decision.reason}"],
+        generalisation=generalisation.model_dump(),
     )
     models.set_alias(decision.alias, card.version, reason=decision.reason)
     markdown = render_model_card(
@@ -104,6 +116,7 @@ def register_model(
         gate=decision,
         sources=dataset_sources(accepted_key),
         audit=dataset_audit(quality_report_key),
+        generalisation=generalisation,
     )
     card_key = models.attach(card.version, CARD_FILE, markdown.encode())
     models.attach(card.version, "gate.json", decision.model_dump_json(indent=2).encode())
@@ -115,6 +128,7 @@ def register_model(
         uri=models.version_uri(card.version),
         card_uri=objects.uri(card_key),
         model_bytes=card.model_bytes,
+        overridden=decision.overridden,
     )
     create_markdown_artifact(
         markdown=(

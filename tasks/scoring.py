@@ -10,6 +10,7 @@ from pydantic import BaseModel
 
 from cxr_model import scoring
 from cxr_model.config import get_settings
+from cxr_model.images import LEGACY_PREPROCESSING, Preprocessing
 from cxr_model.registry import ModelCard
 from tasks.common import TRANSIENT_RETRIES, artifact_key, say, store
 from tasks.registry import registry
@@ -24,6 +25,7 @@ class ModelChoice(BaseModel):
     version: int
     image_size: int
     threshold: float
+    preprocessing: Preprocessing = LEGACY_PREPROCESSING
 
 
 class ChunkResult(BaseModel):
@@ -64,6 +66,7 @@ def resolve_model(ref: str, threshold: float | None) -> ModelChoice:
         name=card.name,
         version=version,
         image_size=int(card.parameters["training"]["image_size"]),
+        preprocessing=Preprocessing.of_model(card.parameters["training"]),
         threshold=card.threshold if threshold is None else threshold,
     )
 
@@ -81,6 +84,7 @@ def score_chunk(
         _score_store(model),
         predict,
         image_size=model.image_size,
+        preprocessing=model.preprocessing,
         threshold=model.threshold,
         run=run,
         only_new=only_new,

@@ -7,8 +7,14 @@ from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel
 
 from cxr_model import manifest
-from cxr_model.quality import QualityError, QualitySettings, validate_split
-from cxr_model.split import SplitParams, load_split, materialise
+from cxr_model.quality import QualityError, QualityReport, QualitySettings, validate_split
+from cxr_model.split import (
+    HoldOut,
+    SplitParams,
+    choose_held_out_sources,
+    load_split,
+    materialise,
+)
 from tasks.common import TRANSIENT_RETRIES, artifact_key, say, store
 from tasks.quality import local_docs_dir
 
@@ -22,16 +28,35 @@ class DatasetRef(BaseModel):
     uri: str
     split_key: str
     counts: dict[str, dict[str, int]]
+    held_out: HoldOut = HoldOut(reason="none")
+    shortcut_flags: list[str] = []  # the shortcut audit's warnings on the accepted images
+
+
+def shortcut_flags(quality_report_key: str) -> list[str]:
+    """The shortcut audit's warnings in a run's data-quality report (empty: no shortcut found)."""
+    report = QualityReport.model_validate_json(store().get_bytes(quality_report_key))
+    return [flag.warning for flag in report.audit.flags] if report.audit else []
 
 
 @task(name="sort-images", **TRANSIENT_RETRIES)
 def sort_images(
-    accepted_key: str, params: SplitParams, quality: QualitySettings, report_prefix: str
+    accepted_key: str,
+    params: SplitParams,
+    quality: QualitySettings,
+    report_prefix: str,
+    quality_report_key: str | None = None,
 ) -> DatasetRef:
-    """Split by patient into ``datasets/<id>/{Train,Val}/{covid,normal}/`` and check the split."""
+    """Split by patient into ``datasets/<id>/{Train,Val}/{covid,normal}/`` and check the split.
+
+    Sources held out of training (chosen in ``params`` or, when the data-quality report's
+    shortcut audit flagged the data, automatically) go to ``Holdout/``.
+    """
     objects = store()
     accepted = manifest.read_csv(objects, accepted_key)
-    dataset = materialise(objects, accepted, params)
+    flags = shortcut_flags(quality_report_key) if quality_report_key else []
+    held_out = choose_held_out_sources(accepted, bool(flags), params.held_out_sources)
+    say(f"held-out sources: {', '.join(held_out.sources) or 'none'} ({held_out.reason})")
+    dataset = materialise(objects, accepted, params, held_out.sources)
     docs_dir = local_docs_dir(report_prefix)
     report = validate_split(load_split(objects, dataset.split_key), accepted, quality, docs_dir)
     objects.upload_dir(docs_dir, f"{report_prefix}/data_docs")
@@ -50,11 +75,14 @@ def sort_images(
     if not report.passed:
         raise QualityError(report)
     say(
-        f"dataset {dataset.dataset_id}: Train {dataset.counts['Train']}, Val {dataset.counts['Val']}"
+        f"dataset {dataset.dataset_id}: "
+        + ", ".join(f"{split} {counts}" for split, counts in dataset.counts.items())
     )
     return DatasetRef(
         dataset_id=dataset.dataset_id,
         uri=objects.uri(dataset.prefix + "/"),
         split_key=dataset.split_key,
         counts=dataset.counts,
+        held_out=held_out,
+        shortcut_flags=flags,
     )

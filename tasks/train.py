@@ -17,6 +17,7 @@ from pydantic import BaseModel
 
 from cxr_model.config import get_settings
 from cxr_model.data import SplitArrays, load_split_arrays
+from cxr_model.images import LEGACY_PREPROCESSING, Preprocessing
 from cxr_model.split import TRAIN, VAL, load_split
 from cxr_model.train import (
     Checkpoint,
@@ -43,13 +44,20 @@ class TrainedModel(BaseModel):
     devices: list[str]
 
 
-def split_arrays(dataset: DatasetRef, image_size: int, *splits: str) -> list[SplitArrays]:
+def split_arrays(
+    dataset: DatasetRef,
+    image_size: int,
+    *splits: str,
+    preprocessing: Preprocessing = LEGACY_PREPROCESSING,
+) -> list[SplitArrays]:
     """The named splits of a dataset as arrays: local cache, then the store's shards, then decode."""
     objects = store()
     frame = load_split(objects, dataset.split_key)
     cache = get_settings().cache_dir / "datasets" / dataset.dataset_id
     return [
-        load_split_arrays(objects, frame, split, image_size, cache, dataset.dataset_id)
+        load_split_arrays(
+            objects, frame, split, image_size, cache, dataset.dataset_id, preprocessing
+        )
         for split in splits
     ]
 
@@ -67,7 +75,9 @@ def local_weights(params: TrainParams, folder: Path) -> Path | None:
 def fit_model(dataset: DatasetRef, params: TrainParams, run_prefix: str) -> TrainedModel:
     """Train ``params.architecture`` on the dataset; stage model and history under ``run_prefix``."""
     objects = store()
-    train, val = split_arrays(dataset, params.image_size, TRAIN, VAL)
+    train, val = split_arrays(
+        dataset, params.image_size, TRAIN, VAL, preprocessing=params.preprocessing
+    )
     checkpoint = Checkpoint(objects, checkpoint_prefix(dataset.dataset_id, params))
     say(
         f"training {params.architecture} on {len(train)} images ({params.epochs} epochs, "

@@ -118,3 +118,79 @@ def test_markdown_puts_both_models_side_by_side():
     first = gate_markdown(decide(_evaluation(), None), heading=None)
     assert "Promotion decision" not in first and "champion v" not in first
     assert "| AUC | 0.900 | ≥ 0.800 |" in first
+
+
+def _unseen(
+    held_out_auc: float | None = None, within_auc: float | None = None, flagged: bool = True
+):
+    from cxr_model.generalisation import Generalisation, StratifiedAUC
+
+    return Generalisation(
+        confounded=flagged,
+        shortcut_flags=["source separates the labels (AUC 1.00)"] if flagged else [],
+        held_out_sources=["actualmed"] if held_out_auc is not None else [],
+        held_out=None if held_out_auc is None else _evaluation(auc=held_out_auc),
+        stratified=None
+        if within_auc is None
+        else StratifiedAUC(
+            auc=within_auc, auc_ci_low=0.5, auc_ci_high=0.9, sources=["actualmed"], n_images=44
+        ),
+    )
+
+
+def test_confounded_data_without_unseen_evidence_keeps_the_model_candidate():
+    decision = decide(_evaluation(auc=0.95), None, GateSettings(), generalisation=_unseen())
+    assert not decision.promote and decision.alias == "candidate"
+    assert "no held-out-source or within-source evidence" in decision.reason
+    assert "source separates the labels" in decision.reason
+    assert decision.confounded and not decision.overridden
+
+
+def test_confounded_data_with_a_low_held_out_auc_names_it():
+    decision = decide(
+        _evaluation(auc=0.95), None, GateSettings(), generalisation=_unseen(held_out_auc=0.71)
+    )
+    assert not decision.promote
+    assert "held-out-source AUC 0.71 < 0.80" in decision.reason
+    assert decision.unseen_evidence == {"held-out-source AUC": 0.71}
+    assert "| held-out-source AUC | 0.710 | ≥ 0.800 |" in gate_markdown(decision)
+
+
+def test_every_unseen_auc_must_reach_the_minimum():
+    decision = decide(
+        _evaluation(),
+        None,
+        GateSettings(),
+        generalisation=_unseen(held_out_auc=0.9, within_auc=0.6),
+    )
+    assert not decision.promote
+    assert "within-source AUC 0.60 < 0.80" in decision.reason
+    assert "held-out-source AUC" not in decision.reason.split("(")[0]
+
+
+def test_confounded_data_with_good_unseen_evidence_promotes():
+    decision = decide(
+        _evaluation(),
+        None,
+        GateSettings(),
+        generalisation=_unseen(held_out_auc=0.85, within_auc=0.82),
+    )
+    assert decision.promote and decision.reason.startswith("First model")
+    assert decision.unseen_evidence == {"held-out-source AUC": 0.85, "within-source AUC": 0.82}
+
+
+def test_allow_confounded_promotes_and_says_so():
+    settings = GateSettings(allow_confounded=True)
+    decision = decide(_evaluation(), None, settings, generalisation=_unseen(held_out_auc=0.6))
+    assert decision.promote and decision.overridden
+    assert "Allowed by gate.allow_confounded although held-out-source AUC 0.60 < 0.80" in (
+        decision.reason
+    )
+    assert "allow_confounded" in gate_markdown(decision)
+
+
+def test_unconfounded_data_ignore_the_unseen_minimum():
+    weak = _unseen(held_out_auc=0.55, flagged=False)
+    decision = decide(_evaluation(), None, GateSettings(), generalisation=weak)
+    assert decision.promote and not decision.confounded
+    assert "| held-out-source AUC | 0.550 | reported |" in gate_markdown(decision)

@@ -403,3 +403,83 @@ def test_real_xray_reencoded_as_jpeg_is_a_near_duplicate_and_others_are_not():
     assert hamming(original, inspect_image(encode(half)).dhash) <= 8
     other = inspect_image((REAL_DATA / pediatric["file"]).read_bytes()).dhash
     assert hamming(original, other) > 20
+
+
+# --- preprocessing: resize mode, equalisation, border ------------------------------------------
+
+
+def _wide_with_bars() -> bytes:
+    """120×60: a white left quarter, black right quarter, mid-grey centre."""
+    arr = np.full((60, 120), 128, np.uint8)
+    arr[:, :30] = 255
+    arr[:, 90:] = 0
+    return encode(Image.fromarray(arr, "L"))
+
+
+def test_the_default_preprocessing_is_the_studys_stretch():
+    from cxr_model.images import LEGACY_PREPROCESSING, Preprocessing
+
+    assert Preprocessing() == LEGACY_PREPROCESSING
+    assert LEGACY_PREPROCESSING.name == "stretch"
+    data = _wide_with_bars()
+    assert np.array_equal(
+        to_model_input(data, 32), to_model_input(data, 32, preprocessing=Preprocessing())
+    )
+    # older models recorded no preprocessing: they get the study's
+    assert Preprocessing.of_model({"image_size": 224}) == LEGACY_PREPROCESSING
+    recorded = {"preprocessing": {"resize": "crop", "equalize": True, "border": 0.05}}
+    assert Preprocessing.of_model(recorded).name == "crop-eq-b0.05"
+
+
+def test_crop_keeps_the_centre_square_without_distortion():
+    from cxr_model.images import Preprocessing
+
+    pixels = grey(to_model_input(_wide_with_bars(), 30, preprocessing=Preprocessing(resize="crop")))
+    # the centre 60×60 of the 120×60 image is the grey middle band, scaled to 30×30 (the edge
+    # columns blend with the bars next to them: the image is scaled before the crop)
+    assert pixels.shape == (30, 30)
+    assert np.all(pixels[:, 1:-1] == 128)
+    assert abs(int(pixels[0, 0]) - 128) < 32 and abs(int(pixels[0, -1]) - 128) < 32
+
+
+def test_pad_keeps_the_aspect_ratio_and_pads_with_black():
+    from cxr_model.images import Preprocessing
+
+    pixels = grey(to_model_input(_wide_with_bars(), 40, preprocessing=Preprocessing(resize="pad")))
+    # 120×60 → 40×20 content in the middle rows, black above and below
+    assert np.all(pixels[:10] == 0) and np.all(pixels[30:] == 0)
+    assert pixels[20, 2] == 255 and abs(int(pixels[20, 20]) - 128) <= 1
+
+
+def test_equalisation_spreads_a_narrow_histogram():
+    from cxr_model.images import Preprocessing
+
+    rng = np.random.default_rng(0)
+    dull = encode(Image.fromarray(rng.integers(100, 140, (64, 64), dtype=np.uint8), "L"))
+    plain = grey(to_model_input(dull, 64))
+    equalised = grey(to_model_input(dull, 64, preprocessing=Preprocessing(equalize=True)))
+    assert plain.max() - plain.min() < 45
+    assert equalised.min() < 20 and equalised.max() > 235
+
+
+def test_border_is_cut_before_resizing():
+    from cxr_model.images import Preprocessing
+
+    arr = np.full((100, 100), 128, np.uint8)
+    arr[:8], arr[-8:], arr[:, :8], arr[:, -8:] = 255, 255, 255, 255  # a burnt-in frame
+    data = encode(Image.fromarray(arr, "L"))
+    framed = grey(to_model_input(data, 50))
+    cut = grey(to_model_input(data, 50, preprocessing=Preprocessing(border=0.1)))
+    assert framed[0, 0] == 255
+    assert np.all(cut == 128)
+
+
+def test_preprocessing_rejects_a_border_that_leaves_nothing():
+    from pydantic import ValidationError
+
+    from cxr_model.images import Preprocessing
+
+    with pytest.raises(ValidationError):
+        Preprocessing(border=0.3)
+    with pytest.raises(ValidationError):
+        Preprocessing(resize="squash")

@@ -402,6 +402,11 @@ def test_the_shortcut_audit_flags_one_source_per_class_without_failing(tmp_path:
     assert warning in markdown
     # shown before the failed expectations and rejected files
     assert markdown.index(warning) < markdown.index("### Shortcut audit") + 200
+    # the heading never reads as a clean pass when the audit raised a flag
+    first = markdown.splitlines()[0]
+    assert first == "## Data quality: passed with 1 SHORTCUT WARNING(S)"
+    assert "warnings: 0" not in markdown
+    assert markdown.index(warning) < markdown.index("- files:")
 
     page = (Path(report.docs_dir) / AUDIT_PAGE).read_text(encoding="utf-8")
     assert "source separates the labels (AUC 1.00)" in page

@@ -6,10 +6,13 @@ import pandas as pd
 import pytest
 
 from cxr_model.split import (
+    HOLDOUT,
     TRAIN,
     VAL,
     SplitError,
     SplitParams,
+    assign_splits,
+    choose_held_out_sources,
     materialise,
     patient_folds,
     split_by_patient,
@@ -108,3 +111,53 @@ def test_cross_validation_needs_a_patient_per_fold_and_label():
     )
     with pytest.raises(SplitError, match="'covid' has 2 patient"):
         patient_folds(images, 3, seed=0)
+
+
+def _real_sources(real_data) -> pd.DataFrame:
+    manifest = pd.read_csv(real_data / "manifest.csv", dtype=str)
+    return manifest.rename(columns={"orig_sha256": "sha256"})
+
+
+def test_confounded_real_data_hold_out_the_hospital_with_both_classes(real_data):
+    held = choose_held_out_sources(_real_sources(real_data), confounded=True)
+    assert held.sources == ["actualmed"] and held.automatic
+    assert "both classes" in held.reason
+
+
+def test_unconfounded_data_hold_nothing_out(real_data):
+    held = choose_held_out_sources(_real_sources(real_data), confounded=False)
+    assert held.sources == [] and "no shortcut" in held.reason
+
+
+def test_without_a_two_class_source_one_source_per_class_is_held_out(real_data):
+    images = _real_sources(real_data)
+    images = images[images["source"] != "actualmed"]
+    held = choose_held_out_sources(images, confounded=True)
+    assert held.sources == ["ieee8023", "kaggle-pediatric"]
+
+
+def test_one_source_per_class_cannot_hold_any_out(real_data):
+    images = _real_sources(real_data)
+    images = images[images["source"].isin(["hannover", "nih-cxr8"])]
+    held = choose_held_out_sources(images, confounded=True)
+    assert held.sources == [] and "single source" in held.reason
+
+
+def test_requested_sources_are_checked(real_data):
+    images = _real_sources(real_data)
+    assert choose_held_out_sources(images, False, ["actualmed"]).sources == ["actualmed"]
+    assert choose_held_out_sources(images, True, []).sources == []
+    with pytest.raises(SplitError, match="mayo not in the data"):
+        choose_held_out_sources(images, True, ["mayo"])
+    with pytest.raises(SplitError, match="have no normal images"):
+        choose_held_out_sources(images, True, ["ieee8023"])
+    with pytest.raises(SplitError, match="leaves no covid images"):
+        choose_held_out_sources(images, True, ["hannover", "ieee8023", "actualmed"])
+
+
+def test_held_out_sources_form_their_own_split_and_never_train(real_data):
+    images = _real_sources(real_data)
+    split = assign_splits(images, SplitParams(seed=3), ["actualmed"])
+    assert set(split[images["source"] == "actualmed"]) == {HOLDOUT}
+    assert HOLDOUT not in set(split[images["source"] != "actualmed"])
+    assert {TRAIN, VAL} <= set(split)
