@@ -15,6 +15,7 @@ from cxr_model.model import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     build_model,
+    compile_for_training,
     seed_cnn,
     study_transform,
     with_augmentation,
@@ -187,3 +188,37 @@ def test_augmentation_draws_the_study_ranges():
 def test_unknown_architecture_is_rejected():
     with pytest.raises(ValueError, match="unknown architecture 'resnet9'"):
         build_model("resnet9", 64)
+
+
+def blobs(n: int, size: int, seed: int, contrast: int = 40) -> tuple[np.ndarray, np.ndarray]:
+    """Grey noise images, a brighter centre square on every second one (label 1): separable."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 100, (n, size, size, 1), dtype=np.uint8)
+    labels = (np.arange(n) % 2).astype("float32")
+    images[labels == 1, size // 4 : 3 * size // 4, size // 4 : 3 * size // 4] += contrast
+    return np.repeat(images, 3, axis=-1), labels
+
+
+def fit_briefly(classifier: keras.Model, images, labels, epochs: int, batch_size: int = 16):
+    """A short, seeded training of ``classifier`` behind the augmentation, as train.py runs it."""
+    trainer = compile_for_training(with_augmentation(classifier, seed=0), learning_rate=1e-3)
+    return trainer.fit(images, labels, batch_size=batch_size, epochs=epochs, verbose=0)
+
+
+def test_compact_cnn_predicts_after_a_short_training_what_it_learned():
+    # The reported defect: after a few dozen steps compact_cnn called every image normal at
+    # inference. Its batch norm's moving statistics still held most of their initial variance of
+    # 1, where the first block's input varies by ~0.01.
+    keras.utils.set_random_seed(0)
+    images, labels = blobs(128, 48, seed=0)
+    classifier = build_model("compact_cnn", 48)
+    fit_briefly(classifier, images, labels, epochs=3)  # 24 steps
+
+    first = next(layer for layer in classifier.layers if type(layer).__name__ == "BatchNormalization")
+    seen = np.asarray(keras.Model(classifier.input, first.input)(images.astype("float32")))
+    ratio = np.asarray(first.moving_variance) / seen.var(axis=(0, 1, 2))
+    assert 0.5 < np.median(ratio) < 2  # the moving variance describes what the layer sees
+
+    unseen, truth = blobs(64, 48, seed=1)
+    predicted = classifier.predict(unseen, verbose=0).ravel() > 0.5
+    assert (predicted == truth).mean() >= 0.9
