@@ -45,6 +45,11 @@ KERNEL = (3, 3)
 POOL = (2, 2)
 
 COMPACT_FILTERS = (32, 64, 128, 256)
+# Keras' default momentum (0.99) keeps 0.99**steps of the initial statistics (mean 0, variance 1)
+# in the moving averages that inference uses: after 6 epochs of ~14 steps still 43 %, while the
+# first block's input variance is ~0.007, so every prediction collapsed to one class. At 0.7 the
+# initial values are gone within an epoch and the averages follow the last few batches.
+BATCH_NORM_MOMENTUM = 0.7
 COMPACT_DROPOUT = 0.3
 HEAD_DROPOUT = 0.2
 
@@ -186,7 +191,7 @@ def compact_cnn(image_size: int = 224) -> keras.Model:
     x = layers.Rescaling(RESCALE, name="rescale")(inputs)
     for filters in COMPACT_FILTERS:
         x = layers.Conv2D(filters, KERNEL, padding="same", use_bias=False)(x)
-        x = layers.BatchNormalization()(x)
+        x = layers.BatchNormalization(momentum=BATCH_NORM_MOMENTUM)(x)
         x = layers.Activation("relu")(x)
         x = layers.MaxPooling2D(POOL)(x)
     x = layers.GlobalAveragePooling2D()(x)
@@ -249,12 +254,17 @@ def _application(constructor: Callable, image_size: int, weights: Path | None) -
         raise ValueError(
             f"Keras Applications backbones need images of at least {MIN_BACKBONE_SIZE}px"
         )
-    return constructor(
+    backbone = constructor(
         include_top=False,
         weights=None if weights is None else str(weights),
         input_shape=(image_size, image_size, CHANNELS),
         pooling="avg",
     )
+    # inference statistics that follow x-rays within an epoch, as compact_cnn's do
+    for layer in backbone.layers:
+        if isinstance(layer, layers.BatchNormalization):
+            layer.momentum = BATCH_NORM_MOMENTUM
+    return backbone
 
 
 def densenet121(image_size: int = 224, weights: Path | None = None) -> keras.Model:
@@ -322,6 +332,18 @@ def build_model(
     return ARCHITECTURES[architecture](image_size=image_size, weights=weights)
 
 
+def _augmented_xray(
+    classifier: keras.Model, seed: int | None, grey: bool
+) -> tuple[keras.KerasTensor, keras.KerasTensor]:
+    """The training input and its augmented version in the shape ``classifier`` takes."""
+    height, width, channels = classifier.input_shape[1:]
+    inputs = keras.Input(shape=(height, width, 1 if grey else channels), name="xray")
+    x = seed_augmentation(seed)(inputs)
+    if grey:
+        x = layers.Concatenate(name="grey_to_channels")([x] * channels)
+    return inputs, x
+
+
 def with_augmentation(
     classifier: keras.Model, seed: int | None = None, grey: bool = False
 ) -> keras.Model:
@@ -332,12 +354,99 @@ def with_augmentation(
     :func:`cxr_model.images.to_model_input` makes them) this is the same computation with a third
     of the input bytes and augmentation work; the classifier, and so scoring, is unchanged.
     """
-    height, width, channels = classifier.input_shape[1:]
-    inputs = keras.Input(shape=(height, width, 1 if grey else channels), name="xray")
-    x = seed_augmentation(seed)(inputs)
-    if grey:
-        x = layers.Concatenate(name="grey_to_channels")([x] * channels)
+    inputs, x = _augmented_xray(classifier, seed, grey)
     return keras.Model(inputs, classifier(x), name=f"{classifier.name}_training")
+
+
+@keras.saving.register_keras_serializable(package="cxr")
+class GradientReversal(layers.Layer):
+    """Identity forward; backward, the incoming gradient times ``-scale``. Backend-neutral.
+
+    Features in front of it are trained to make whatever stands behind it fail: the domain-
+    adversarial trick (Ganin & Lempitsky, 2015) with ``scale`` as its λ.
+    """
+
+    def __init__(self, scale: float = 1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.scale = scale
+
+    def call(self, inputs):
+        scale = self.scale
+
+        @ops.custom_gradient
+        def reverse(x):
+            def grad(*args, upstream=None):
+                if upstream is None:
+                    (upstream,) = args
+                return ops.multiply(upstream, -scale)
+
+            return ops.copy(x), grad
+
+        return reverse(inputs)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "scale": self.scale}
+
+
+UNKNOWN_SOURCE = -1
+"""Source index of images whose source the adversary must not learn from (validation)."""
+
+
+@keras.saving.register_keras_serializable(package="cxr")
+class SourceAdversaryLoss(layers.Layer):
+    """Adds the adversary's sparse categorical cross-entropy to the model's loss.
+
+    Takes ``[covid_probability, source, source_probabilities]`` and passes the probability
+    through, so the training model keeps one output (and its metrics keep their names). Images of
+    source :data:`UNKNOWN_SOURCE` add nothing: validation batches carry no sources.
+    """
+
+    def call(self, inputs):
+        probability, source, source_probabilities = inputs
+        source = ops.reshape(ops.cast(source, "int32"), (-1,))
+        known = ops.cast(source != UNKNOWN_SOURCE, "float32")
+        crossentropy = keras.losses.sparse_categorical_crossentropy(
+            ops.maximum(source, 0), source_probabilities
+        )
+        self.add_loss(ops.sum(crossentropy * known) / ops.maximum(ops.sum(known), 1.0))
+        return probability
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[0]
+
+
+def with_source_adversary(
+    classifier: keras.Model,
+    sources: int,
+    weight: float,
+    seed: int | None = None,
+    grey: bool = False,
+) -> keras.Model:
+    """The training model of :func:`with_augmentation` plus a source-adversarial head.
+
+    Inputs ``{"xray": images, "source": source index}``; output the covid probability. The
+    classifier's penultimate features go through :class:`GradientReversal` (λ = ``weight``) into
+    a softmax over the ``sources`` image sources, whose cross-entropy joins the loss: the head
+    learns to tell sources apart, the features learn to hide them (objective BCE − λ·CE for the
+    features). The classifier alone, which scoring uses, never carries the head.
+    """
+    inputs, x = _augmented_xray(classifier, seed, grey)
+    source = keras.Input(shape=(), dtype="int32", name="source")
+    features = classifier.get_layer("covid_probability").input
+    probability, hidden = keras.Model(classifier.input, [classifier.output, features])(x)
+    reversed_features = GradientReversal(weight, name="gradient_reversal")(hidden)
+    guess = layers.Dense(sources, activation="softmax", dtype="float32", name="source_guess")(
+        reversed_features
+    )
+    probability = SourceAdversaryLoss(dtype="float32", name="source_adversary")(
+        [probability, source, guess]
+    )
+    return keras.Model(
+        {"xray": inputs, "source": source}, probability, name=f"{classifier.name}_adversarial"
+    )
 
 
 def compile_for_training(

@@ -12,6 +12,11 @@ projective transform the augmentation uses. The result records what was actually
 Behaviour: seeded (same data and seed → same metrics on CPU), balanced class weights, optional
 early stopping with best-weights restore, and per-epoch checkpoints in the object store from which
 an interrupted run resumes (:class:`Checkpoint`).
+
+Against shortcut learning (a classifier that recognises the hospital rather than the disease, when
+each source brings mostly one label), two options, off by default: per-image weights so each
+source counts equally within its label (``source_balance``), and a source-adversarial head whose
+reversed gradient pushes the features to hide the source (``source_adversary``).
 """
 
 from __future__ import annotations
@@ -35,7 +40,14 @@ from sklearn.utils.class_weight import compute_class_weight
 
 from cxr_model.data import SplitArrays, evaluation_batches, is_grey, training_batches
 from cxr_model.images import Preprocessing
-from cxr_model.model import ARCHITECTURES, build_model, compile_for_training, with_augmentation
+from cxr_model.model import (
+    ARCHITECTURES,
+    UNKNOWN_SOURCE,
+    build_model,
+    compile_for_training,
+    with_augmentation,
+    with_source_adversary,
+)
 from cxr_model.storage import ObjectStore, parse_s3_uri
 
 CHECKPOINTS_PREFIX = "checkpoints"
@@ -96,6 +108,23 @@ class TrainParams(BaseModel):
         description="XLA compilation; auto: off. On TensorFlow Keras falls back to no XLA for "
         "the training model anyway (no XLA kernel for the augmentation's image transform).",
     )
+    source_balance: bool = Field(
+        default=False,
+        description="Weight images so that each source counts equally within its label (on top "
+        "of the class weights). Needs the training images' sources.",
+    )
+    source_adversary: float = Field(
+        default=0.0,
+        ge=0,
+        description="λ of a source-adversarial head behind a gradient reversal layer: the "
+        "features are trained to hide which source an image came from. 0: no head. Needs the "
+        "training images' sources; the saved model is the classifier alone.",
+    )
+
+    @property
+    def needs_sources(self) -> bool:
+        """Whether training needs each training image's source."""
+        return self.source_balance or self.source_adversary > 0
 
     @field_validator("architecture")
     @classmethod
@@ -186,6 +215,85 @@ def class_weights(labels: np.ndarray, mode: str) -> dict[int, float] | None:
     classes = np.unique(y)
     weights = compute_class_weight("balanced", classes=classes, y=y)
     return {int(c): float(w) for c, w in zip(classes, weights, strict=True)}
+
+
+def source_balanced_weights(labels: np.ndarray, sources: Sequence[str]) -> np.ndarray:
+    """Per-image weights under which every source of a label weighs the same in total.
+
+    Within a label of ``n`` images from ``k`` sources, an image from a source of ``m`` images
+    weighs ``n / (k·m)``: each source's total is ``n / k``, and the label's total stays ``n``, so
+    class weights keep their meaning on top.
+    """
+    y = labels.astype(int)
+    origin = np.asarray(sources)
+    weights = np.empty(len(y), dtype="float32")
+    for label in np.unique(y):
+        in_label = y == label
+        names, counts = np.unique(origin[in_label], return_counts=True)
+        per_source = dict(zip(names, in_label.sum() / (len(names) * counts), strict=True))
+        weights[in_label] = [per_source[name] for name in origin[in_label]]
+    return weights
+
+
+def image_weights(
+    labels: np.ndarray, sources: Sequence[str] | None, params: TrainParams
+) -> np.ndarray:
+    """Each training image's loss weight: its class weight, times its source weight if asked."""
+    by_class = class_weights(labels, params.class_weight) or {}
+    weights = np.array([by_class.get(int(y), 1.0) for y in labels], dtype="float32")
+    if params.source_balance:
+        weights *= source_balanced_weights(labels, _required(sources, "source_balance"))
+    return weights
+
+
+def _required(sources: Sequence[str] | None, option: str) -> Sequence[str]:
+    if sources is None:
+        raise ValueError(f"{option} needs the training images' sources: pass sources=[...]")
+    return sources
+
+
+def source_indices(sources: Sequence[str]) -> tuple[list[str], np.ndarray]:
+    """The distinct sources (sorted) and each image's index among them."""
+    names, indices = np.unique(np.asarray(sources, dtype=str), return_inverse=True)
+    return [str(name) for name in names], indices.astype("int32")
+
+
+def _training_data(
+    train: SplitArrays,
+    weights: np.ndarray,
+    source_index: np.ndarray | None,
+    params: TrainParams,
+    grey: bool,
+) -> tf.data.Dataset:
+    """(image, label, weight) batches; image is ``{"xray", "source"}`` for the adversary."""
+    # training_batches shuffles (image, row) pairs; the row carries label, weight and source
+    # so that they stay with their image
+    index = np.full(len(train), UNKNOWN_SOURCE) if source_index is None else source_index
+    rows = np.stack([train.labels, weights, index], axis=1).astype("float32")
+    batches = training_batches(
+        SplitArrays(train.images, rows, train.keys), params.batch_size, params.seed, grey
+    )
+
+    def unpack(images, row):
+        inputs = images
+        if source_index is not None:
+            inputs = {"xray": images, "source": tf.cast(row[:, 2], tf.int32)}
+        return inputs, row[:, 0], row[:, 1]
+
+    return batches.map(unpack)
+
+
+def _validation_data(val: SplitArrays, params: TrainParams, grey: bool) -> tf.data.Dataset:
+    """Validation batches; for the adversary, with no source (it learns nothing from them)."""
+    batches = evaluation_batches(val, params.batch_size, grey)
+    if not params.source_adversary:
+        return batches
+    return batches.map(
+        lambda images, labels: (
+            {"xray": images, "source": tf.fill(tf.shape(labels), UNKNOWN_SOURCE)},
+            labels,
+        )
+    )
 
 
 def checkpoint_prefix(dataset_id: str, params: TrainParams) -> str:
@@ -321,6 +429,7 @@ def train_model(
     devices: Sequence[str] | None = None,
     weights_file: Path | None = None,
     callbacks: Sequence[keras.callbacks.Callback] = (),
+    sources: Sequence[str] | None = None,
 ) -> TrainResult:
     """Fit the architecture on ``train`` (validating on ``val`` each epoch) and save it.
 
@@ -328,7 +437,15 @@ def train_model(
     ``devices``: train on these TensorFlow devices instead of all GPUs (or the CPU).
     ``weights_file``: a local copy of ``params.weights`` (see :func:`fetch_weights`); without it
     ``params.weights`` must be a local path or None. ``callbacks`` run after the library's own.
+    ``sources``: each training image's source, which ``source_balance`` and
+    ``source_adversary`` need.
     """
+    if sources is not None and len(sources) != len(train):
+        raise ValueError(f"{len(sources)} sources for {len(train)} training images")
+    source_index = None
+    sources_seen: list[str] = []
+    if params.source_adversary:
+        sources_seen, source_index = source_indices(_required(sources, "source_adversary"))
     keras.utils.set_random_seed(params.seed)
     hardware = choose_hardware(params, devices)
     fingerprint = {
@@ -340,7 +457,9 @@ def train_model(
     if state is not None and state.get("fingerprint") != fingerprint:
         state = None  # another run's or another precision's state: start afresh
     grey = is_grey(train.images) and is_grey(val.images)
-    classifier, trainer = _build_trainer(params, hardware, weights_file or params.weights, grey)
+    classifier, trainer = _build_trainer(
+        params, hardware, weights_file or params.weights, grey, len(sources_seen)
+    )
     with hardware.strategy.scope():
         best_weights = _restore(trainer, checkpoint, state, out_dir) if state else []
     initial_epoch = state["epochs_done"] if state else 0
@@ -356,16 +475,16 @@ def train_model(
         slot = 1 - state["slot"] if state else 0
         own.append(EpochCheckpoint(checkpoint, fingerprint, history, early_stopping, out_dir, slot))
     weights_by_class = class_weights(train.labels, params.class_weight)
+    weights = image_weights(train.labels, sources, params)
     started = time.perf_counter()
     if state and (state["stopped"] or initial_epoch >= params.epochs):
         _finish_without_fitting(trainer, early_stopping)
     else:
         fitted = trainer.fit(
-            training_batches(train, params.batch_size, params.seed, grey),
-            validation_data=evaluation_batches(val, params.batch_size, grey),
+            _training_data(train, weights, source_index, params, grey),
+            validation_data=_validation_data(val, params, grey),
             epochs=params.epochs,
             initial_epoch=initial_epoch,
-            class_weight=weights_by_class,
             callbacks=[*own, *callbacks],
             shuffle=False,  # the tf.data pipeline shuffles (seeded) every epoch
             verbose=0,
@@ -399,17 +518,22 @@ def train_model(
 
 
 def _build_trainer(
-    params: TrainParams, hardware: Hardware, weights: Path | str | None, grey: bool
+    params: TrainParams, hardware: Hardware, weights: Path | str | None, grey: bool, sources: int
 ) -> tuple[keras.Model, keras.Model]:
-    """The classifier and its compiled training model, on ``hardware`` in its precision."""
+    """The classifier and its compiled training model, on ``hardware`` in its precision.
+
+    ``sources``: how many sources the adversary tells apart (with ``params.source_adversary``).
+    """
     policy = MIXED_POLICY if hardware.mixed_precision else FLOAT_POLICY
     with dtype_policy(policy), hardware.strategy.scope():
         classifier = build_model(params.architecture, params.image_size, weights)
-        trainer = compile_for_training(
-            with_augmentation(classifier, params.seed, grey),
-            params.learning_rate,
-            hardware.jit_compile,
-        )
+        if params.source_adversary:
+            model = with_source_adversary(
+                classifier, sources, params.source_adversary, params.seed, grey
+            )
+        else:
+            model = with_augmentation(classifier, params.seed, grey)
+        trainer = compile_for_training(model, params.learning_rate, hardware.jit_compile)
     return classifier, trainer
 
 

@@ -62,6 +62,12 @@ def split_arrays(
     ]
 
 
+def image_sources(dataset: DatasetRef, arrays: SplitArrays) -> list[str]:
+    """Each image's source (the split manifest's ``source`` column), in the order of ``arrays``."""
+    frame = load_split(store(), dataset.split_key).set_index("dataset_key")
+    return [str(source) for source in frame.loc[arrays.keys, "source"]]
+
+
 def local_weights(params: TrainParams, folder: Path) -> Path | None:
     """``params.weights`` as a local file: an ``s3://`` URI is downloaded into ``folder``."""
     if params.weights is None:
@@ -87,7 +93,13 @@ def fit_model(dataset: DatasetRef, params: TrainParams, run_prefix: str) -> Trai
     with tempfile.TemporaryDirectory() as work:
         weights = local_weights(params, Path(work) / "weights")
         result = train_model(
-            train, val, params, Path(work), checkpoint=checkpoint, weights_file=weights
+            train,
+            val,
+            params,
+            Path(work),
+            checkpoint=checkpoint,
+            weights_file=weights,
+            sources=image_sources(dataset, train) if params.needs_sources else None,
         )
         model_key = f"{run_prefix}/model.keras"
         objects.put_file(model_key, result.model_path)

@@ -26,6 +26,8 @@ from cxr_model.train import (
     choose_hardware,
     class_weights,
     fetch_weights,
+    image_weights,
+    source_balanced_weights,
     train_model,
 )
 
@@ -86,6 +88,43 @@ def test_balanced_class_weights_make_both_classes_count_equally():
     assert weights == pytest.approx({0: 4 / (2 * 3), 1: 4 / (2 * 1)})
     assert weights[0] * 3 == pytest.approx(weights[1] * 1)
     assert class_weights(labels, "none") is None
+
+
+def test_source_balance_makes_each_source_count_equally_within_its_label():
+    labels = np.array([1, 1, 1, 1, 0, 0, 0], dtype="float32")
+    sources = ["hannover", "hannover", "hannover", "ieee", "nih", "nih", "actualmed"]
+    weights = source_balanced_weights(labels, sources)
+    # covid: 4 images, 2 sources → each source totals 2; normal: 3 images, 2 sources → 1.5 each
+    np.testing.assert_allclose(weights, [2 / 3, 2 / 3, 2 / 3, 2, 0.75, 0.75, 1.5])
+    assert weights[labels == 1].sum() == pytest.approx(4)  # a label keeps its total
+    np.testing.assert_array_equal(source_balanced_weights(labels, ["one"] * 7), np.ones(7))
+
+    # on top of balanced class weights (covid 7/8, normal 7/6): both classes total 3.5
+    combined = image_weights(labels, sources, TrainParams(source_balance=True))
+    assert combined[labels == 1].sum() == pytest.approx(combined[labels == 0].sum()) == 3.5
+    with pytest.raises(ValueError, match="source_balance needs the training images' sources"):
+        image_weights(labels, None, TrainParams(source_balance=True))
+
+
+def test_source_adversarial_training_saves_the_classifier_alone(arrays, tmp_path):
+    sources = ["a", "b", "c"] * (len(arrays) // 3)
+    params = TrainParams(
+        architecture="compact_cnn",
+        image_size=32,
+        epochs=1,
+        batch_size=16,
+        source_balance=True,
+        source_adversary=0.5,
+    )
+    result = train_model(arrays, arrays, params, tmp_path, sources=sources)
+    assert {"loss", "accuracy", "auc", "val_loss", "val_accuracy", "val_auc"} <= set(result.history)
+    model = keras.saving.load_model(result.model_path, safe_mode=True, compile=False)
+    assert len(model.inputs) == 1 and model.output_shape == (None, 1)
+    assert model.layers[-1].activation.__name__ == "sigmoid"
+    assert not {"gradient_reversal", "source_guess"} & {layer.name for layer in model.layers}
+    assert np.isfinite(model.predict(arrays.images, verbose=0)).all()
+    with pytest.raises(ValueError, match="source_adversary needs the training images' sources"):
+        train_model(arrays, arrays, params.model_copy(update={"source_balance": False}), tmp_path)
 
 
 def test_early_stopping_keeps_the_best_epoch(arrays, tmp_path):
