@@ -7,7 +7,9 @@ records what it started in ``<state_dir>/stack/stack.json``; ``down`` stops exac
 processes (by process id) and keeps every piece of data. Logs go to ``<state_dir>/logs/``.
 
 So that a fresh stack has something to retrain on and score, ``up`` also generates the synthetic
-sample (as ``make demo`` does) and copies its inbox to ``s3://<bucket>/inbox/`` once.
+sample (as ``make demo`` does) and copies its inbox to ``s3://<bucket>/inbox/`` once. The nightly
+retraining then runs on the sample with the sample's training settings, which produce a champion
+(the study's do not learn a sample this small); see :func:`nightly_training`.
 
     python -m deployments.stack up [--port 4200]
     python -m deployments.stack down
@@ -33,7 +35,7 @@ import typer
 from cxr_model import embedded_store
 from cxr_model.config import Settings, get_settings
 from cxr_model.embedded_store import process_alive
-from cxr_model.sample import SampleSpec, generate_sample
+from cxr_model.sample import SAMPLE_TRAINING, SampleSpec, generate_sample
 from cxr_model.storage import open_store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,6 +45,8 @@ DEFAULT_PORT = 4200
 HEALTH_TIMEOUT_S = 240.0  # a Prefect server on 2 busy cores can take a minute or more
 STOP_TIMEOUT_S = 20.0
 INBOX_PREFIX = "inbox/"
+# The Prefect variable that prefect.yaml reads the nightly training settings from.
+NIGHTLY_TRAINING_VARIABLE = "cxr_nightly_training"
 # Defaults for the "{{ $NAME }}" values in prefect.yaml; the environment overrides each.
 DEPLOY_DEFAULTS = {
     "CXR_NIGHTLY_CRON": "0 2 * * *",
@@ -69,6 +73,11 @@ def _stack_file(settings: Settings) -> Path:
     return settings.state_dir / "stack" / "stack.json"
 
 
+def sample_source(settings: Settings) -> str:
+    """The synthetic sample's training images, as a retraining source."""
+    return f"folder:{settings.state_dir / 'sample' / 'train'}"
+
+
 def prefect_env(settings: Settings, port: int) -> dict[str, str]:
     """The environment of the server, the worker, ``prefect deploy`` and the flow runs."""
     env = dict(os.environ)
@@ -79,9 +88,7 @@ def prefect_env(settings: Settings, port: int) -> dict[str, str]:
         PREFECT_UI_URL=f"http://127.0.0.1:{port}",
         CXR_STATE_DIR=str(settings.state_dir),
         CXR_REPO_DIR=str(REPO),
-        CXR_NIGHTLY_SOURCE=env.get(
-            "CXR_NIGHTLY_SOURCE", f"folder:{settings.state_dir / 'sample' / 'train'}"
-        ),
+        CXR_NIGHTLY_SOURCE=env.get("CXR_NIGHTLY_SOURCE", sample_source(settings)),
     )
     for name, value in DEPLOY_DEFAULTS.items():
         env.setdefault(name, value)
@@ -93,6 +100,46 @@ def prefect_env(settings: Settings, port: int) -> dict[str, str]:
             "must divide 60 (1, 2, 3, 4, 5, 6, 10, 12, 15, 20, 30 or 60)"
         )
     return env
+
+
+def nightly_training(env: dict[str, str], settings: Settings) -> dict:
+    """The nightly deployment's training settings, as overrides of the study's (``TrainParams``).
+
+    ``CXR_NIGHTLY_TRAINING`` (a JSON object) when set; otherwise the sample's settings when the
+    nightly source is the sample, and none (the study's settings) for any other source.
+    """
+    configured = env.get("CXR_NIGHTLY_TRAINING", "").strip()
+    if configured:
+        return _training_overrides(configured)
+    if env["CXR_NIGHTLY_SOURCE"] == sample_source(settings):
+        return dict(SAMPLE_TRAINING)
+    return {}
+
+
+def _training_overrides(text: str) -> dict:
+    """``CXR_NIGHTLY_TRAINING`` checked now, so a typo stops ``up`` rather than a nightly run."""
+    from pydantic import ValidationError
+
+    from cxr_model.train import TrainParams  # imports TensorFlow: only when the variable is set
+
+    example = '{"epochs": 20, "image_size": 224}'
+    try:
+        overrides = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(
+            f"CXR_NIGHTLY_TRAINING={text!r} is not JSON ({exc}); e.g. {example}"
+        ) from None
+    if not isinstance(overrides, dict):
+        raise ValueError(
+            f"CXR_NIGHTLY_TRAINING={text!r} must be a JSON object of training settings, "
+            f"e.g. {example}"
+        )
+    try:
+        TrainParams(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ValueError(f"CXR_NIGHTLY_TRAINING={text!r}: {problems}") from None
+    return overrides
 
 
 def _prefect(*args: str) -> list[str]:
@@ -173,8 +220,9 @@ def up(port: int = DEFAULT_PORT, settings: Settings | None = None) -> StackState
     if settings.embedded:
         started_store = embedded_store.status(settings.state_dir) is None
         embedded_store.ensure_running(settings.state_dir)
-    seed_sample(settings)
     env = prefect_env(settings, port)
+    training = nightly_training(env, settings)
+    seed_sample(settings)
     server = _start(
         _prefect("server", "start", "--host", "127.0.0.1", "--port", str(port)),
         logs / "prefect-server.log",
@@ -186,6 +234,13 @@ def up(port: int = DEFAULT_PORT, settings: Settings | None = None) -> StackState
         deploy_log = logs / "prefect-deploy.log"
         _run(
             _prefect("work-pool", "create", WORK_POOL, "--type", "process", "--overwrite"),
+            env,
+            deploy_log,
+        )
+        _run(
+            _prefect(
+                "variable", "set", NIGHTLY_TRAINING_VARIABLE, json.dumps(training), "--overwrite"
+            ),
             env,
             deploy_log,
         )
@@ -261,11 +316,15 @@ def up_command(
 ) -> None:
     """Start the local stack and print where to look."""
     state = up(port)
-    env = prefect_env(get_settings(), port)
+    settings = get_settings()
+    env = prefect_env(settings, port)
     when = next_run(env["CXR_NIGHTLY_CRON"], env["CXR_NIGHTLY_TIMEZONE"])
+    training = json.dumps(nightly_training(env, settings))
     typer.echo(
         f"Prefect UI:        {state.ui_url}\n"
         f"nightly-retrain:   next run {when.isoformat()} ({env['CXR_NIGHTLY_TIMEZONE']})\n"
+        f"                   on {env['CXR_NIGHTLY_SOURCE']}, training {training} "
+        "(over the study's settings)\n"
         f"worker:            pool {WORK_POOL} (pid {state.worker_pid})\n"
         f"for cxr commands:  export PREFECT_API_URL={state.api_url}\n"
         f"logs:              {get_settings().state_dir / 'logs'}\n"

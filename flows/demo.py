@@ -9,23 +9,18 @@ from prefect import flow, task
 from pydantic import BaseModel, Field
 
 from cxr_model.config import get_settings
-from cxr_model.sample import SampleSpec, SampleSummary, generate_sample
+from cxr_model.sample import SAMPLE_TRAINING, SampleSpec, SampleSummary, generate_sample
 from cxr_model.train import TrainParams
 from flows.retrain import RetrainParams, RetrainResult, retrain
 from flows.score import ScoreParams, ScoreResult, score_folder
 from tasks.common import say
 
-# The study's CNN at 224 px trains at a few images/s on 2 CPU cores, and on a sample this small its
-# last-epoch accuracy swings from epoch to epoch at the study's batch 32 and learning rate 1e-3
-# (4 steps an epoch). Measured on the default sample: 64 px, batch 16, learning rate 3e-4 and 15
-# epochs reach validation AUC 1.0 and accuracy 0.88-1.0 over the last epochs, in about 30 s.
-DEMO_TRAINING = TrainParams(image_size=64, batch_size=16, learning_rate=3e-4, epochs=15)
-
 
 class DemoParams(BaseModel):
-    """The demo's knobs: the study's CNN and epochs on a small synthetic sample."""
+    """The demo's knobs: the study's CNN, trained with the sample's settings (see
+    :data:`cxr_model.sample.SAMPLE_TRAINING`), on a small synthetic sample."""
 
-    training: TrainParams = Field(default_factory=DEMO_TRAINING.model_copy)
+    training: TrainParams = Field(default_factory=lambda: TrainParams(**SAMPLE_TRAINING))
     sample_seed: int = Field(default=0, description="Seed of the synthetic sample.")
 
 

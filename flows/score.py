@@ -20,6 +20,10 @@ scored yet, and leaves the others out of its table. Both work the same way:
   parameter works the same from the CLI, a deployment or Python.
 - A run with files that could not be scored completes; its summary artifact and its final state
   message say how many, and why.
+- The input is checked before the model is resolved, so a missing folder is reported as such.
+  With no champion yet (a new stack, before its first retraining has passed the gate) and no
+  version asked for, nothing is scored: the run ends Completed, named ``Skipped``, with a state
+  message that says how to get a champion, and the inbox's files wait for the next run.
 """
 
 from __future__ import annotations
@@ -42,10 +46,11 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 
 from cxr_model.registry import CHAMPION
 from cxr_model.scoring import ScoreSummary, chunked, list_inputs
-from tasks.common import run_prefix, store
+from tasks.common import run_prefix, say, store
 from tasks.scoring import (
     ChunkResult,
     ModelChoice,
+    check_input,
     parquet_key_for,
     publish_predictions,
     resolve_model,
@@ -54,6 +59,11 @@ from tasks.scoring import (
 
 INBOX_PREFIX = "inbox/"
 MAX_CHUNKS_IN_FLIGHT = 1_000
+NO_CHAMPION = (
+    "no champion yet: nothing scored, the files are left for a later run. Train one with "
+    "`cxr train folder:<images>` (or run the nightly-retrain deployment), or promote a "
+    "registered version with `cxr registry promote <version>` (`cxr registry list` shows them)"
+)
 R = TypeVar("R")
 
 
@@ -132,11 +142,12 @@ class InboxParams(ScoringOptions):
 
 
 class ScoreResult(BaseModel):
-    """Where a scoring run's predictions are, and what it did."""
+    """Where a scoring run's predictions are, and what it did (no version and no predictions
+    when there was no champion to score with)."""
 
-    model_version: int
-    predictions_uri: str
-    predictions_parquet_uri: str
+    model_version: int | None
+    predictions_uri: str | None
+    predictions_parquet_uri: str | None
     summary: dict
     seconds: float
     message: str
@@ -229,11 +240,35 @@ def _message(summary: ScoreSummary, model: ModelChoice) -> str:
     return text + f"; {summary.predicted} predicted now, {summary.reused} reused"
 
 
+def _skipped(seconds: float) -> State:
+    """The run's end when there is no champion to score with.
+
+    Completed, not Failed: nothing is wrong with the input or the stack, and failing every few
+    minutes until the first champion would bury real failures (and trigger their automation).
+    Not Cancelled either: nobody stopped it, and Cancelled is what the inbox's concurrency limit
+    gives a run that collided with another. Named ``Skipped`` so the run list shows it.
+    """
+    say(NO_CHAMPION)
+    result = ScoreResult(
+        model_version=None,
+        predictions_uri=None,
+        predictions_parquet_uri=None,
+        summary=asdict(ScoreSummary()),
+        seconds=seconds,
+        message=NO_CHAMPION,
+    )
+    return Completed(name="Skipped", message=NO_CHAMPION, data=result)
+
+
 def _score(location: str, options: ScoringOptions, title: str, only_new: bool) -> State:
-    """Resolve the model → score the chunks on the chosen runner → merge; a Completed state."""
+    """Check the input → resolve the model → score the chunks on the chosen runner → merge;
+    a Completed state (named Skipped when there is no champion yet)."""
     started = time.monotonic()
-    prefix = options.output or run_prefix("score")
+    check_input(location)
     model = resolve_model(options.model, options.threshold)
+    if model is None:
+        return _skipped(time.monotonic() - started)
+    prefix = options.output or run_prefix("score")
     work = (
         location,
         model,

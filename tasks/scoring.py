@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from cxr_model import scoring
 from cxr_model.config import get_settings
 from cxr_model.images import LEGACY_PREPROCESSING, Preprocessing
-from cxr_model.registry import ModelCard
+from cxr_model.registry import CHAMPION, ModelCard
 from tasks.common import TRANSIENT_RETRIES, artifact_key, say, store
 from tasks.registry import registry
 
@@ -57,10 +57,21 @@ def _score_store(model: ModelChoice) -> scoring.ScoreStore:
     return _score_store_cached(get_settings().model_dump_json(), model.name, model.version)
 
 
+@task(name="check-input", **TRANSIENT_RETRIES)
+def check_input(location: str) -> None:
+    """Fail now, naming it, when ``location`` cannot be listed (a missing folder or bucket), so
+    that this is reported before anything about the model; an empty folder is fine."""
+    next(scoring.list_inputs(location, store()), None)
+
+
 @task(name="resolve-model", **TRANSIENT_RETRIES)
-def resolve_model(ref: str, threshold: float | None) -> ModelChoice:
-    """The version behind an alias or number (loaded and verified once per process)."""
-    version = registry().resolve(ref)
+def resolve_model(ref: str, threshold: float | None) -> ModelChoice | None:
+    """The version behind an alias or number (loaded and verified once per process), or None
+    when ``ref`` is the champion alias and no version is champion yet (a new registry)."""
+    models = registry()
+    if ref == CHAMPION and models.alias(CHAMPION) is None:
+        return None
+    version = models.resolve(ref)
     _, card = _loaded(version)
     return ModelChoice(
         name=card.name,

@@ -160,6 +160,7 @@ def test_score_folder_through_the_local_stack(settings, tiny_champion, tmp_path)
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from cxr_model.embedded_store import free_ports
+    from cxr_model.sample import SAMPLE_TRAINING
 
     folder = tmp_path / "to-score"
     folder.mkdir()
@@ -179,6 +180,8 @@ def test_score_folder_through_the_local_stack(settings, tiny_champion, tmp_path)
             assert names == {"nightly-retrain", "score-folder", "score-inbox"}
             nightly = client.read_deployment_by_name("retrain/nightly-retrain")
             assert nightly.schedules[0].schedule.cron == "0 2 * * *"
+            # a fresh stack retrains the sample with settings that learn it
+            assert nightly.parameters["params"]["training"] == dict(SAMPLE_TRAINING)
             inbox = client.read_deployment_by_name("score-inbox/score-inbox")
             assert inbox.schedules[0].schedule.cron == "*/10 * * * *"
             score = client.read_deployment_by_name("score-folder/score-folder")
@@ -226,3 +229,64 @@ def test_failed_nightly_automation_is_a_valid_prefect_automation():
     assert related["prefect.resource.name"] in ("nightly-retrain", ["nightly-retrain"])
     (action,) = automation.actions
     assert isinstance(action, SendNotification) and "flow_run.name" in action.subject
+
+
+def nightly_params(env: dict[str, str], training: dict, monkeypatch) -> dict:
+    """The nightly deployment's ``params`` as `prefect deploy` renders them: the training
+    variable that ``up`` sets, then the environment ``up`` runs it in."""
+    from prefect.utilities.templating import apply_values
+
+    template = deployment("nightly-retrain")["parameters"]
+    assert template["params"]["training"] == (
+        "{{ prefect.variables." + stack.NIGHTLY_TRAINING_VARIABLE + " }}"
+    )
+    template["params"]["training"] = training
+    for name in ENV_PLACEHOLDER.findall(json.dumps(template)):
+        monkeypatch.setenv(name, env[name])  # "{{ $NAME }}" is read from os.environ
+    return apply_values(template, {})["params"]
+
+
+def test_nightly_on_the_sample_trains_with_the_sample_settings(settings, monkeypatch):
+    from cxr_model.sample import SAMPLE_TRAINING
+    from flows.retrain import RetrainParams
+
+    monkeypatch.delenv("CXR_NIGHTLY_SOURCE", raising=False)
+    monkeypatch.delenv("CXR_NIGHTLY_TRAINING", raising=False)
+    env = stack.prefect_env(settings, 4200)
+    params = nightly_params(env, stack.nightly_training(env, settings), monkeypatch)
+    assert params["sources"] == [f"folder:{settings.state_dir / 'sample' / 'train'}"]
+    # the study's settings collapse on the sample (train accuracy 0.51): never the default there
+    assert RetrainParams(**params).training.model_dump(include=set(SAMPLE_TRAINING)) == dict(
+        SAMPLE_TRAINING
+    )
+
+
+def test_nightly_on_other_data_trains_with_the_study_or_the_configured_settings(
+    settings, monkeypatch
+):
+    from cxr_model.train import TrainParams
+    from flows.retrain import RetrainParams
+
+    monkeypatch.setenv("CXR_NIGHTLY_SOURCE", "manifest:/data/cxr/manifest.csv")
+    monkeypatch.delenv("CXR_NIGHTLY_TRAINING", raising=False)
+    env = stack.prefect_env(settings, 4200)
+    params = nightly_params(env, stack.nightly_training(env, settings), monkeypatch)
+    assert RetrainParams(**params).training == TrainParams()
+
+    monkeypatch.setenv("CXR_NIGHTLY_TRAINING", '{"epochs": 20, "batch_size": 64}')
+    env = stack.prefect_env(settings, 4200)
+    params = nightly_params(env, stack.nightly_training(env, settings), monkeypatch)
+    assert RetrainParams(**params).training == TrainParams(epochs=20, batch_size=64)
+
+
+@pytest.mark.parametrize(
+    ("value", "complaint"),
+    [("{epochs: 20}", "not JSON"), ("[20]", "JSON object"), ('{"epochs": 0}', "epochs")],
+)
+def test_bad_nightly_training_settings_are_refused_before_deploying(
+    settings, monkeypatch, value, complaint
+):
+    monkeypatch.setenv("CXR_NIGHTLY_TRAINING", value)
+    env = stack.prefect_env(settings, 4200)
+    with pytest.raises(ValueError, match=f"CXR_NIGHTLY_TRAINING.*{complaint}"):
+        stack.nightly_training(env, settings)

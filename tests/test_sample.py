@@ -246,3 +246,16 @@ def test_spec_is_validated():
         SampleSpec(patients_per_class=0)
     with pytest.raises(ValueError, match="image_size"):
         SampleSpec(image_size=8)
+
+
+def test_the_sample_has_one_set_of_training_settings_that_the_demo_uses():
+    from cxr_model.sample import SAMPLE_TRAINING
+    from cxr_model.train import TrainParams
+    from flows.demo import DemoParams
+
+    settings = TrainParams(**SAMPLE_TRAINING)  # valid training settings, not the study's
+    assert settings != TrainParams()
+    assert (settings.image_size, settings.batch_size, settings.epochs) == (64, 16, 15)
+    assert DemoParams().training == settings
+    with pytest.raises(TypeError):
+        SAMPLE_TRAINING["epochs"] = 1  # read-only: change it here, not in a caller

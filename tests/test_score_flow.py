@@ -252,3 +252,56 @@ def test_bad_parameters_are_refused(fields, complaint):
 
     with pytest.raises(ValidationError, match=complaint):
         ScoreParams(**fields)
+
+
+def test_a_missing_folder_is_reported_as_such_even_without_a_champion(prefect_harness, settings):
+    from flows.score import ScoreParams, score_folder
+
+    missing = "/nonexistent/xrays"
+    state = score_folder(ScoreParams(input=missing), return_state=True)
+    assert state.is_failed()
+    assert f"input folder {missing} does not exist" in state.message, state.message
+
+
+def test_without_a_champion_the_inbox_waits_and_the_run_says_what_to_do(
+    prefect_harness, settings, store, model_file
+):
+    from prefect.client.orchestration import get_client
+
+    from flows.score import InboxParams, score_inbox
+
+    for seed in range(3):
+        store.put_bytes(f"inbox/{seed}.png", png(seed))
+    state = score_inbox(InboxParams(), return_state=True)
+    assert state.is_completed() and state.name == "Skipped"
+    assert state.message.startswith("no champion yet: nothing scored")
+    assert "cxr train" in state.message and "cxr registry promote" in state.message
+    result = state.result()
+    assert result.model_version is None and result.predictions_uri is None
+    assert result.message == state.message
+    with get_client(sync_client=True) as client:  # what the UI shows for the run
+        shown = client.read_flow_run(state.state_details.flow_run_id).state
+    assert (shown.name, shown.message) == ("Skipped", state.message)
+
+    registry = Registry(store, settings.model_name, settings.cache_dir)
+    registry.register(model_file, **CARD)
+    registry.set_alias(CHAMPION, 1)
+    later = score_inbox(InboxParams())
+    assert later.model_version == 1
+    assert (later.summary["files"], later.summary["predicted"]) == (3, 3)  # nothing was lost
+
+
+def test_without_a_champion_a_folder_is_skipped_but_a_missing_alias_fails(
+    prefect_harness, settings, tmp_path
+):
+    from flows.score import ScoreParams, score_folder
+
+    images(tmp_path / "xrays", range(2))
+    state = score_folder(ScoreParams(input=str(tmp_path / "xrays")), return_state=True)
+    assert state.is_completed() and state.name == "Skipped"
+    assert state.message.startswith("no champion yet: nothing scored")
+
+    asked = score_folder(
+        ScoreParams(input=str(tmp_path / "xrays"), model="staging"), return_state=True
+    )
+    assert asked.is_failed() and "no alias 'staging'" in asked.message
