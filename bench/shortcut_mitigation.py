@@ -54,8 +54,15 @@ VARIANTS: dict[str, tuple[Preprocessing, dict]] = {
     "border": (Preprocessing(border=0.08), {}),
     "crop-eq": (Preprocessing(resize="crop", equalize=True), {}),
     "crop-eq-border": (Preprocessing(resize="crop", equalize=True, border=0.08), {}),
-    "crop-eq-balance": (Preprocessing(resize="crop", equalize=True), {"source_balance": True}),
-    "crop-eq-adversary": (Preprocessing(resize="crop", equalize=True), {"source_adversary": 0.3}),
+    "balance": (Preprocessing(), {"source_balance": True}),
+    "adversary": (Preprocessing(), {"source_adversary": 0.3}),
+    "pad-balance": (Preprocessing(resize="pad"), {"source_balance": True}),
+    "pad-adversary": (Preprocessing(resize="pad"), {"source_adversary": 0.3}),
+    "pad-balance-adversary": (
+        Preprocessing(resize="pad"),
+        {"source_balance": True, "source_adversary": 0.3},
+    ),
+    "pad-eq": (Preprocessing(resize="pad", equalize=True), {}),
 }
 
 
@@ -103,10 +110,8 @@ def run_fold(
     train, val, test = (arrays(images, rows, m) for m in (train_mask, val_mask, held_mask))
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as work:
-        kwargs = {}
-        if params.model_dump().get("source_balance") or params.model_dump().get("source_adversary"):
-            kwargs["sources"] = list(rows["source"][train_mask])
-        result = train_model(train, val, params, Path(work), **kwargs)
+        sources = list(rows["source"][train_mask]) if params.needs_sources else None
+        result = train_model(train, val, params, Path(work), sources=sources)
         model = keras.saving.load_model(result.model_path, compile=False)
     seconds = time.perf_counter() - started
     p_val = model.predict(val.images.astype("float32"), batch_size=64, verbose=0).reshape(-1)

@@ -361,6 +361,9 @@ def score(
         return score_folder(params)
 
     result = _run(f"scoring {source}…", run)
+    if result.model_version is None:  # no champion yet: nothing was scored
+        console.print(result.message)
+        return
     s = result.summary
     reasons = ", ".join(f"{reason}: {count}" for reason, count in s["errors_by_reason"].items())
     console.print(
@@ -396,9 +399,10 @@ def score_inbox(
         "scoring the inbox…", lambda: score_inbox_flow(InboxParams(inbox=inbox, model=model))
     )
     console.print(result.message)
-    console.print(
-        f"predictions: {result.predictions_uri} (Parquet: {result.predictions_parquet_uri})"
-    )
+    if result.predictions_uri:
+        console.print(
+            f"predictions: {result.predictions_uri} (Parquet: {result.predictions_parquet_uri})"
+        )
 
 
 def _registry():

@@ -221,7 +221,9 @@ def test_compact_cnn_predicts_after_a_short_training_what_it_learned():
     classifier = build_model("compact_cnn", 48)
     fit_briefly(classifier, images, labels, epochs=3)  # 24 steps
 
-    first = next(layer for layer in classifier.layers if type(layer).__name__ == "BatchNormalization")
+    first = next(
+        layer for layer in classifier.layers if type(layer).__name__ == "BatchNormalization"
+    )
     seen = np.asarray(keras.Model(classifier.input, first.input)(images.astype("float32")))
     ratio = np.asarray(first.moving_variance) / seen.var(axis=(0, 1, 2))
     assert 0.5 < np.median(ratio) < 2  # the moving variance describes what the layer sees
