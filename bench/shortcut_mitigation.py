@@ -63,6 +63,7 @@ VARIANTS: dict[str, tuple[Preprocessing, dict]] = {
         {"source_balance": True, "source_adversary": 0.3},
     ),
     "pad-eq": (Preprocessing(resize="pad", equalize=True), {}),
+    "pad-eq-balance": (Preprocessing(resize="pad", equalize=True), {"source_balance": True}),
 }
 
 

@@ -28,6 +28,7 @@ from cxr_model.evaluate import (
     Evaluation,
     bootstrap_aucs,
     evaluate_predictions,
+    markdown_cell,
 )
 
 __all__ = [
@@ -229,7 +230,8 @@ def estimates_markdown(internal: Evaluation, found: Generalisation, heading: str
     honest = found.honest
     if found.confounded:
         lines += [
-            f"**Warning: the shortcut audit flagged the training data ({'; '.join(found.shortcut_flags)}). "
+            "**Warning: the shortcut audit flagged the training data "
+            f"({markdown_cell('; '.join(found.shortcut_flags))}). "
             "The internal Val numbers can measure the shortcut, not the disease"
             + (f"; rely on the {honest.name}.**" if honest else "; no honest estimate exists.**"),
             "",
@@ -253,7 +255,7 @@ def estimates_markdown(internal: Evaluation, found: Generalisation, heading: str
             else ("held-out sources")
         )
         lines.append(
-            f"| {label}: {', '.join(found.held_out_sources)} | {held.n_covid} / {held.n_normal} | "
+            f"| {label}: {markdown_cell(', '.join(found.held_out_sources))} | {held.n_covid} / {held.n_normal} | "
             f"{_at(held.auc)}{_ci(held.auc_ci_low, held.auc_ci_high)} | {_at(held.sensitivity)} | "
             f"{_at(held.specificity)} | hospitals never seen in training |"
         )
@@ -263,11 +265,11 @@ def estimates_markdown(internal: Evaluation, found: Generalisation, heading: str
             " (honest)" if honest and honest.name.startswith("within") else ""
         )
         lines.append(
-            f"| {label}: {', '.join(s.sources)} | {s.n_images} images | "
+            f"| {label}: {markdown_cell(', '.join(s.sources))} | {s.n_images} images | "
             f"{s.auc:.2f}{_ci(s.auc_ci_low, s.auc_ci_high)} | | | covid vs normal within one "
             "hospital: the source cannot help |"
         )
-    lines += ["", f"Held-out sources: {found.held_out_reason or 'none'}.", ""]
+    lines += ["", f"Held-out sources: {markdown_cell(found.held_out_reason or 'none')}.", ""]
     if found.within_source:
         lines += [
             f"{heading}# Within-source AUC (unseen images; pooled when ≥ {MIN_PER_CLASS} per class)",
@@ -276,7 +278,7 @@ def estimates_markdown(internal: Evaluation, found: Generalisation, heading: str
             "|---|---|---:|---:|---|",
         ]
         lines += [
-            f"| {row.source} | {row.splits} | {row.n_covid} | {row.n_normal} | "
+            f"| {markdown_cell(row.source)} | {row.splits} | {row.n_covid} | {row.n_normal} | "
             f"{row.auc:.2f}{_ci(row.auc_ci_low, row.auc_ci_high)} |"
             for row in found.within_source
         ]

@@ -26,7 +26,7 @@ from cxr_model.split import TRAIN, load_split, patient_folds
 from cxr_model.train import Checkpoint, TrainParams, checkpoint_prefix, train_model
 from tasks.common import TRANSIENT_RETRIES, artifact_key, say, store
 from tasks.split import DatasetRef
-from tasks.train import TrainedModel, local_weights, split_arrays
+from tasks.train import TrainedModel, image_sources, local_weights, split_arrays
 
 PREDICT_BATCH = 64
 
@@ -90,6 +90,7 @@ def fit_fold(
             Path(work),
             checkpoint=checkpoint,
             weights_file=local_weights(params, Path(work)),
+            sources=image_sources(dataset, train) if params.needs_sources else None,
         )
         model = keras.saving.load_model(result.model_path, compile=False)
         objects.put_file(f"{prefix}/model.keras", result.model_path)

@@ -155,3 +155,33 @@ def test_card_names_a_source_where_one_class_is_always_wrong():
     evaluation = evaluate_predictions(labels, probs, 0.5, sources=sources, n_bootstrap=0)
     text = render_model_card(_card(), evaluation=evaluation)
     assert "**Every image of one class is called wrongly for: b.**" in text
+
+
+def test_the_card_shows_internal_and_honest_estimates_from_card_json():
+    from cxr_model.evaluate import evaluate_predictions
+    from cxr_model.generalisation import assess_generalisation
+
+    labels = [1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0] * 2
+    scores = [0.9, 0.8, 0.7, 0.4, 0.6, 0.55, 0.3, 0.5, 0.2, 0.1, 0.65, 0.35] * 2
+    splits = ["Val"] * 12 + ["Holdout"] * 12
+    sources = ["nih"] * 12 + ["actualmed"] * 12
+    internal = evaluate_predictions(labels[:12], scores[:12], n_bootstrap=100)
+    found = assess_generalisation(
+        labels=labels,
+        probabilities=scores,
+        sources=sources,
+        splits=splits,
+        threshold=internal.threshold,
+        held_out_sources=["actualmed"],
+        held_out_reason="automatic",
+        shortcut_flags=["source separates the labels (AUC 1.00)"],
+        n_bootstrap=100,
+    )
+    card = _card(generalisation=found.model_dump(), metrics=internal.model_dump())
+    text = render_model_card(card, evaluation=internal)
+    assert "## Internal vs honest estimates" in text
+    assert text.index("## Internal vs honest estimates") < text.index("## Data")
+    assert "held-out sources (honest)**: actualmed" in text
+    assert "| image preprocessing | stretch |" in text  # recorded none: the study's
+    old = render_model_card(_card(), evaluation=internal)
+    assert "registered before cxr measured held-out sources" in old

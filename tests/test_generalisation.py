@@ -78,3 +78,32 @@ def test_held_out_sources_are_scored_at_the_val_threshold_and_become_the_honest_
     assert set(found.evidence()) == {"held-out-source AUC", "within-source AUC"}
     c_row = next(row for row in found.within_source if row.source == "C")
     assert c_row.splits == "Holdout"
+
+
+def test_the_report_puts_internal_and_honest_estimates_side_by_side():
+    from cxr_model.evaluate import evaluate_predictions
+    from cxr_model.generalisation import estimates_markdown, honest_line
+
+    labels, scores, sources = _hospitals(3)
+    splits = np.where(sources == "C", "Holdout", "Val")
+    val = splits == "Val"
+    internal = evaluate_predictions(labels[val], scores[val], n_bootstrap=200)
+    found = assess_generalisation(
+        labels=labels,
+        probabilities=scores,
+        sources=sources,
+        splits=splits,
+        threshold=internal.threshold,
+        held_out_sources=["C"],
+        held_out_reason="automatic: C has both classes",
+        shortcut_flags=["source separates the labels (AUC 0.95)"],
+        n_bootstrap=200,
+    )
+    text = estimates_markdown(internal, found)
+    assert "**Warning: the shortcut audit flagged the training data" in text
+    assert "rely on the held-out-source AUC (C)" in text
+    assert "| internal Val |" in text and "| **held-out sources (honest)**: C |" in text
+    assert f"{internal.auc:.2f}" in text and f"{found.held_out.auc:.2f}" in text
+    line = honest_line(internal, found)
+    assert line.startswith(f"internal Val AUC {internal.auc:.2f}")
+    assert f"honest estimate: held-out-source AUC (C) {found.held_out.auc:.2f}" in line
