@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
         for fold in args.folds.split(","):
             result = run_fold(name, images, rows, FOLDS[fold], params)
             result |= {"preprocessing": preprocessing.name, "size": args.size}
-            result |= {"epochs": args.epochs, "architecture": args.architecture}
+            result |= {"epochs": args.epochs, "architecture": args.architecture, "seed": args.seed}
             with args.out.open("a") as out:
                 out.write(json.dumps(result) + "\n")
             h, i = result["held_out"], result["internal"]

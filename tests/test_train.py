@@ -102,8 +102,10 @@ def test_source_balance_makes_each_source_count_equally_within_its_label():
     # on top of balanced class weights (covid 7/8, normal 7/6): both classes total 3.5
     combined = image_weights(labels, sources, TrainParams(source_balance=True))
     assert combined[labels == 1].sum() == pytest.approx(combined[labels == 0].sum()) == 3.5
-    with pytest.raises(ValueError, match="source_balance needs the training images' sources"):
-        image_weights(labels, None, TrainParams(source_balance=True))
+    # without sources every image counts as one source: the class weights alone
+    unknown = image_weights(labels, None, TrainParams(source_balance=True))
+    by_class = image_weights(labels, None, TrainParams(source_balance=False))
+    np.testing.assert_array_equal(unknown, by_class)
 
 
 def test_source_adversarial_training_saves_the_classifier_alone(arrays, tmp_path):
