@@ -142,8 +142,9 @@ def _print_retrain(r) -> None:
     honest estimates side by side, and the gate's decision with its reason."""
     e, g = r.evaluation, r.generalisation
     _print_audit(r.quality.shortcut_flags)
-    held = ", ".join(r.dataset.held_out.sources) or "none"
-    console.print(f"held-out sources:    {escape(held)} — {escape(r.dataset.held_out.reason)}")
+    held_out = r.dataset.held_out
+    held = f"{', '.join(held_out.sources)} — " if held_out.sources else ""
+    console.print(f"held-out sources:    {escape(held + held_out.reason)}")
     at = f"at threshold {e.threshold:.2f} (chosen on Val, {e.threshold_rule})"
     console.print(
         f"internal (Val):      AUC {_auc(e.auc, e.auc_ci_low, e.auc_ci_high)}; sensitivity "
@@ -152,13 +153,13 @@ def _print_retrain(r) -> None:
     if g.held_out is not None:
         h = g.held_out
         console.print(
-            f"held-out sources:    AUC {_auc(h.auc, h.auc_ci_low, h.auc_ci_high)}; sensitivity "
+            f"on held-out sources: AUC {_auc(h.auc, h.auc_ci_low, h.auc_ci_high)}; sensitivity "
             f"{_rate(h.sensitivity)}, specificity {_rate(h.specificity)} at the same threshold "
             f"({h.n_covid} covid, {h.n_normal} normal)"
         )
     for row in g.within_source:
         console.print(
-            f"within {escape(row.source)}:".ljust(21)
+            f"within {escape(row.source)}: ".ljust(21)
             + f"AUC {_auc(row.auc, row.auc_ci_low, row.auc_ci_high)} ({row.n_covid} covid, "
             f"{row.n_normal} normal, {row.splits})"
         )
@@ -179,7 +180,7 @@ def _print_retrain(r) -> None:
         )
     console.print(
         f"training:            accuracy {r.trained.train_accuracy:.2f} on Train (augmented, "
-        f"class-weighted), {r.trained.val_accuracy:.2f} on Val, both at threshold 0.5"
+        f"weighted), {r.trained.val_accuracy:.2f} on Val, both at threshold 0.5"
     )
     reg = r.registered
     verdict = "bold green" if reg.alias == "champion" else "bold yellow"
