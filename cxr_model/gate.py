@@ -203,6 +203,9 @@ def decide(
     def verdict(promote: bool, reason: str) -> GateDecision:
         if overridden and promote:
             reason += f" Allowed by gate.allow_confounded although {shortfall}."
+        elif confounded and promote:
+            evidence = ", ".join(f"{k} {v:.2f}" for k, v in generalisation.evidence().items())
+            reason += f" On unseen sources: {evidence} (≥ {settings.min_unseen_auc:.2f})."
         return GateDecision(
             promote=promote,
             alias=CHAMPION if promote else CANDIDATE,

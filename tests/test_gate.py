@@ -177,6 +177,9 @@ def test_confounded_data_with_good_unseen_evidence_promotes():
     )
     assert decision.promote and decision.reason.startswith("First model")
     assert decision.unseen_evidence == {"held-out-source AUC": 0.85, "within-source AUC": 0.82}
+    assert "On unseen sources: held-out-source AUC 0.85, within-source AUC 0.82 (≥ 0.80)." in (
+        decision.reason
+    )
 
 
 def test_allow_confounded_promotes_and_says_so():
