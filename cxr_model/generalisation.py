@@ -17,6 +17,7 @@ Each AUC carries a 95% bootstrap interval, resampled within each source and clas
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, Field
@@ -76,6 +77,7 @@ class StratifiedAUC(BaseModel):
 class HonestEstimate(BaseModel):
     """The number to rely on, what it is, and its interval."""
 
+    kind: Literal["held_out", "within_source"]
     name: str
     auc: float
     auc_ci_low: float | None
@@ -98,6 +100,7 @@ class Generalisation(BaseModel):
         """Held-out-source AUC when sources were held out, else the source-stratified AUC."""
         if self.held_out is not None and self.held_out.auc is not None:
             return HonestEstimate(
+                kind="held_out",
                 name=f"held-out-source AUC ({', '.join(self.held_out_sources)})",
                 auc=self.held_out.auc,
                 auc_ci_low=self.held_out.auc_ci_low,
@@ -105,6 +108,7 @@ class Generalisation(BaseModel):
             )
         if self.stratified is not None:
             return HonestEstimate(
+                kind="within_source",
                 name=f"within-source AUC ({', '.join(self.stratified.sources)})",
                 auc=self.stratified.auc,
                 auc_ci_low=self.stratified.auc_ci_low,
@@ -251,8 +255,8 @@ def estimates_markdown(internal: Evaluation, found: Generalisation, heading: str
     if held is not None:
         label = (
             "**held-out sources (honest)**"
-            if honest and honest.name.startswith("held")
-            else ("held-out sources")
+            if honest and honest.kind == "held_out"
+            else "held-out sources"
         )
         lines.append(
             f"| {label}: {markdown_cell(', '.join(found.held_out_sources))} | {held.n_covid} / {held.n_normal} | "
@@ -262,7 +266,7 @@ def estimates_markdown(internal: Evaluation, found: Generalisation, heading: str
     if found.stratified is not None:
         s = found.stratified
         label = "within-source, pooled" + (
-            " (honest)" if honest and honest.name.startswith("within") else ""
+            " (honest)" if honest and honest.kind == "within_source" else ""
         )
         lines.append(
             f"| {label}: {markdown_cell(', '.join(s.sources))} | {s.n_images} images | "

@@ -90,7 +90,7 @@ def retrain(params: RetrainParams) -> State:
         params.split,
         params.quality,
         f"{prefix}/quality",
-        quality.report_key,
+        quality.shortcut_flags,
     )
     if params.cv_folds > 1:
         folds = [

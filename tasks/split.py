@@ -7,7 +7,7 @@ from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel
 
 from cxr_model import manifest
-from cxr_model.quality import QualityError, QualityReport, QualitySettings, validate_split
+from cxr_model.quality import QualityError, QualitySettings, validate_split
 from cxr_model.split import (
     HoldOut,
     SplitParams,
@@ -32,28 +32,22 @@ class DatasetRef(BaseModel):
     shortcut_flags: list[str] = []  # the shortcut audit's warnings on the accepted images
 
 
-def shortcut_flags(quality_report_key: str) -> list[str]:
-    """The shortcut audit's warnings in a run's data-quality report (empty: no shortcut found)."""
-    report = QualityReport.model_validate_json(store().get_bytes(quality_report_key))
-    return [flag.warning for flag in report.audit.flags] if report.audit else []
-
-
 @task(name="sort-images", **TRANSIENT_RETRIES)
 def sort_images(
     accepted_key: str,
     params: SplitParams,
     quality: QualitySettings,
     report_prefix: str,
-    quality_report_key: str | None = None,
+    shortcut_flags: list[str] | None = None,
 ) -> DatasetRef:
     """Split by patient into ``datasets/<id>/{Train,Val}/{covid,normal}/`` and check the split.
 
-    Sources held out of training (chosen in ``params`` or, when the data-quality report's
-    shortcut audit flagged the data, automatically) go to ``Holdout/``.
+    Sources held out of training (chosen in ``params`` or, when the shortcut audit raised
+    ``shortcut_flags``, automatically) go to ``Holdout/``.
     """
     objects = store()
     accepted = manifest.read_csv(objects, accepted_key)
-    flags = shortcut_flags(quality_report_key) if quality_report_key else []
+    flags = shortcut_flags or []
     held_out = choose_held_out_sources(accepted, bool(flags), params.held_out_sources)
     say(f"held-out sources: {', '.join(held_out.sources) or 'none'} ({held_out.reason})")
     dataset = materialise(objects, accepted, params, held_out.sources)
