@@ -29,6 +29,8 @@ from pydantic import BaseModel
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold
 
+from cxr_model.safe_text import markdown_cell, markdown_text
+
 __all__ = [
     "CATEGORICAL_FEATURES",
     "FEATURES",
@@ -105,7 +107,7 @@ class ShortcutAudit(BaseModel):
     def summary_markdown(self, heading: str = "##") -> str:
         """Warnings (bold) first, then the AUC of every feature and the label mix per source."""
         lines = [f"{heading} Shortcut audit", ""]
-        lines += [f"**Warning: {flag.warning}**  " for flag in self.flags]
+        lines += [f"**Warning: {markdown_text(flag.warning)}**  " for flag in self.flags]
         if self.flags:
             lines.append("")
         elif self.note:
@@ -131,7 +133,7 @@ class ShortcutAudit(BaseModel):
             ]
             lines += [
                 f"| {'**' + f.feature + '**' if f.feature in self.flagged else f.feature} "
-                f"| {f.auc:.2f} | {f.kind} | {f.rows} | {f.distinct} | {_cell(f.detail)} |"
+                f"| {f.auc:.2f} | {f.kind} | {f.rows} | {f.distinct} | {markdown_cell(f.detail)} |"
                 for f in self.features
             ]
         if self.skipped:
@@ -147,7 +149,7 @@ class ShortcutAudit(BaseModel):
                 f"|---|---:|{'---:|' * len(labels)}---:|",
             ]
             lines += [
-                f"| {_cell(m.source)} | {m.images} | "
+                f"| {markdown_cell(m.source)} | {m.images} | "
                 f"{' | '.join(str(m.counts.get(label, 0)) for label in labels)} "
                 f"| {m.positive_share:.0%} |"
                 for m in self.label_mix
@@ -477,7 +479,3 @@ def _show(value: object) -> str:
     if isinstance(value, float | np.floating):
         return f"{float(value):g}"
     return str(value)
-
-
-def _cell(text: str) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")

@@ -38,6 +38,8 @@ from sklearn.metrics import (
     roc_curve,
 )
 
+from cxr_model.safe_text import markdown_cell
+
 __all__ = [
     "CI_LEVEL",
     "DEFAULT_THRESHOLD",
@@ -53,7 +55,6 @@ __all__ = [
     "evaluation_plots",
     "evaluation_report_markdown",
     "folds_markdown",
-    "markdown_cell",
     "metrics_table_markdown",
     "per_source_markdown",
     "summarise_folds",
@@ -468,11 +469,6 @@ def evaluation_plots(
 
 
 # --- reports ------------------------------------------------------------------------------------
-
-
-def markdown_cell(text: object) -> str:
-    """``text`` made safe for one markdown table cell."""
-    return str(text).replace("|", "\\|").replace("\n", " ")
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:

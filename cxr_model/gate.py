@@ -31,9 +31,10 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from cxr_model.evaluate import Evaluation, markdown_cell
+from cxr_model.evaluate import Evaluation
 from cxr_model.generalisation import Generalisation
 from cxr_model.registry import CANDIDATE, CHAMPION
+from cxr_model.safe_text import markdown_cell
 
 __all__ = ["GateDecision", "GateSettings", "decide", "gate_markdown", "headline_metrics"]
 

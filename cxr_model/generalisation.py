@@ -29,8 +29,8 @@ from cxr_model.evaluate import (
     Evaluation,
     bootstrap_aucs,
     evaluate_predictions,
-    markdown_cell,
 )
+from cxr_model.safe_text import markdown_cell
 
 __all__ = [
     "MIN_PER_CLASS",

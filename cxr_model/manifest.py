@@ -19,11 +19,12 @@ from collections import deque
 from collections.abc import Callable, Collection, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pandas as pd
 
 from cxr_model import images as imaging
+from cxr_model.safe_text import spreadsheet_cell, spreadsheet_value
 from cxr_model.sources import SourceRecord
 from cxr_model.storage import AlreadyExists, ObjectStore
 
@@ -324,13 +325,26 @@ def content_id(frame: pd.DataFrame, columns: list[str], *extra: str) -> str:
 
 
 def write_csv(store: ObjectStore, key: str, frame: pd.DataFrame) -> str:
-    store.put_bytes(key, frame.to_csv(index=False).encode(), content_type="text/csv")
+    """``frame`` as a CSV a person can open in a spreadsheet: no text cell runs as a formula."""
+    # CRLF rows (RFC 4180): a value with a carriage return is then quoted, not a row break
+    table = _text_cells(frame, spreadsheet_cell).to_csv(index=False, lineterminator="\r\n")
+    store.put_bytes(key, table.encode(), content_type="text/csv")
     return key
 
 
 def read_csv(store: ObjectStore, key: str) -> pd.DataFrame:
+    """A table written by :func:`write_csv`, all text, with its raw values (empty: None)."""
     frame = pd.read_csv(io.BytesIO(store.get_bytes(key)), dtype=str, keep_default_na=False)
-    return frame.replace({"": None})
+    return _text_cells(frame.replace({"": None}), spreadsheet_value)
+
+
+def _text_cells(frame: pd.DataFrame, change: Callable[[Any], Any]) -> pd.DataFrame:
+    """A copy of ``frame`` with ``change`` applied to each cell of its non-numeric columns."""
+    changed = frame.copy()
+    for column in changed.columns:
+        if not pd.api.types.is_numeric_dtype(changed[column]):
+            changed[column] = changed[column].map(change)
+    return changed
 
 
 def describe_images(ingested: pd.DataFrame) -> pd.DataFrame:

@@ -50,6 +50,7 @@ from pydantic import BaseModel, Field
 
 from cxr_model.audit import ShortcutAudit, audit_shortcuts
 from cxr_model.manifest import FACT_COLUMNS
+from cxr_model.safe_text import markdown_cell, markdown_text
 from cxr_model.split import TRAIN, VAL, patient_groups
 
 if TYPE_CHECKING:
@@ -213,7 +214,7 @@ class QualityReport(OutcomeReport):
         if flags and self.passed:
             status = f"passed with {len(flags)} SHORTCUT WARNING(S)"
         lines = [f"## Data quality: {status}", ""]
-        lines += [f"**Warning: {flag.warning}**  " for flag in flags]
+        lines += [f"**Warning: {markdown_text(flag.warning)}**  " for flag in flags]
         if flags:
             lines += [
                 "A model can score well on these data by learning the shortcut instead of the "
@@ -245,7 +246,7 @@ class QualityReport(OutcomeReport):
                 "|---|---|---|",
             ]
             lines += [
-                f"| {_cell(r.key)} | {_cell(r.original_path)} | {_cell('; '.join(r.reasons))} |"
+                f"| {markdown_cell(r.key)} | {markdown_cell(r.original_path)} | {markdown_cell('; '.join(r.reasons))} |"
                 for r in self.rejected[:limit]
             ]
             if len(self.rejected) > limit:
@@ -412,8 +413,8 @@ class SplitReport(OutcomeReport):
                 "|---:|---|---|",
             ]
             lines += [
-                f"| {d.distance} | {_cell(d.val_path or d.val_key)} "
-                f"| {_cell(d.train_path or d.train_key)} |"
+                f"| {d.distance} | {markdown_cell(d.val_path or d.val_key)} "
+                f"| {markdown_cell(d.train_path or d.train_key)} |"
                 for d in self.near_duplicates[:limit]
             ]
             if len(self.near_duplicates) > limit:
@@ -730,11 +731,13 @@ def _run_suite(
             gx.ValidationDefinition(name=name, data=batch, suite=stored)
         )
         result = definition.run(
-            batch_parameters={"dataframe": table},
+            batch_parameters={"dataframe": _markup_escaped(table)},
             expectation_parameters=parameters,
             result_format=_COMPLETE,
             run_id=run_id,
         )
+        for r in result.results:
+            r.result = _markup_restored(r.result)
         order = {e.id: position[id(expectations[i])] for i, e in enumerate(stored.expectations)}
         ranked += [
             (order.get(r.expectation_config.id, len(position)), r, table) for r in result.results
@@ -984,8 +987,8 @@ def _failed_table(failed: list[ExpectationOutcome]) -> list[str]:
         "| severity | suite | expectation | column | unexpected | summary |",
         "|---|---|---|---|---:|---|",
     ] + [
-        f"| {o.severity} | {o.suite} | `{o.expectation}` | {_cell(o.column or '')} "
-        f"| {o.unexpected_count} | {_cell(o.summary)} |"
+        f"| {o.severity} | {o.suite} | `{o.expectation}` | {markdown_cell(o.column or '')} "
+        f"| {o.unexpected_count} | {markdown_cell(o.summary)} |"
         for o in failed
     ]
 
@@ -1032,8 +1035,33 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _cell(text: str) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
+def _markup_escaped(table: pd.DataFrame) -> pd.DataFrame:
+    """The table GX sees: every text cell HTML-escaped.
+
+    GX's Data Docs write unexpected values into table cells as they are, so a file name or label
+    like ``<img src=x onerror=…>`` would run as script in the published pages. Escaping is
+    one-to-one, so GX counts, compares and groups exactly as on the raw values.
+    """
+    escaped = table.copy()
+    for column in escaped.columns:
+        if not pd.api.types.is_numeric_dtype(escaped[column]):
+            escaped[column] = escaped[column].map(_escaped_text)
+    return escaped
+
+
+def _escaped_text(value: Any) -> Any:
+    return html.escape(value) if isinstance(value, str) else value
+
+
+def _markup_restored(value: Any) -> Any:
+    """GX results with the raw text back (the inverse of :func:`_markup_escaped`)."""
+    if isinstance(value, str):
+        return html.unescape(value)
+    if isinstance(value, dict):
+        return {k: _markup_restored(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_markup_restored(v) for v in value)
+    return value
 
 
 class _Fields(dict[str, Any]):

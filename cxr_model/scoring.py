@@ -65,6 +65,7 @@ from botocore.exceptions import ClientError
 from pydantic import BaseModel
 
 from cxr_model.images import LEGACY_PREPROCESSING, ImageError, Preprocessing, to_model_input
+from cxr_model.safe_text import spreadsheet_cell
 from cxr_model.storage import ObjectStore, parse_s3_uri
 
 if TYPE_CHECKING:
@@ -497,7 +498,7 @@ def predictions_frame(predictions: list[Prediction]) -> pd.DataFrame:
 
 def frame_to_csv_bytes(frame: pd.DataFrame) -> bytes:
     buffer = io.StringIO()
-    frame.to_csv(buffer, index=False)
+    frame.to_csv(buffer, index=False, lineterminator="\r\n")  # a "\r" in a name is quoted
     return buffer.getvalue().encode()
 
 
@@ -524,7 +525,8 @@ def merge_tables(
 
     The tables are copied through local temporary files, one table in memory at a time (one
     Parquet row group per table), so a run of any size merges in flat memory. CSV values are
-    copied as text, unchanged.
+    copied as text, a leading formula character escaped (:func:`spreadsheet_cell`); the
+    Parquet file keeps the raw values.
     """
     preview: list[dict[str, str]] = []
     with tempfile.TemporaryDirectory(prefix="cxr-merge-") as folder:
@@ -539,7 +541,7 @@ def merge_tables(
             for key in keys:
                 data = store.get_bytes(key)
                 for row in csv.DictReader(io.StringIO(data.decode("utf-8"), newline="")):
-                    writer.writerow(row)
+                    writer.writerow({name: spreadsheet_cell(v) for name, v in row.items()})
                     if len(preview) < preview_rows:
                         preview.append(row)
                 parquet.write_table(_typed_table(data, key))

@@ -17,6 +17,8 @@ from rich.markdown import Markdown
 from rich.markup import escape
 from rich.table import Table
 
+from cxr_model.safe_text import console_text
+
 app = typer.Typer(
     help="cxr: chest x-rays → a registered COVID-vs-normal classifier, and scoring.",
     no_args_is_help=True,
@@ -54,7 +56,14 @@ class _ProgressHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         elapsed = time.monotonic() - self.started
-        console.print(f"  [dim]{elapsed:5.0f}s[/dim] {record.getMessage()}", highlight=False)
+        console.print(
+            f"  [dim]{elapsed:5.0f}s[/dim] {_shown(record.getMessage())}", highlight=False
+        )
+
+
+def _shown(text: object) -> str:
+    """Text from data (file names, reasons) on one console line, never read as Rich markup."""
+    return escape(console_text(text))
 
 
 def _log_file() -> Path:
@@ -90,7 +99,7 @@ def _configure(verbose: bool) -> None:
 
 
 def _fail(exc: BaseException) -> None:
-    console.print(f"[bold red]error:[/bold red] {exc}", highlight=False)
+    console.print(f"[bold red]error:[/bold red] {_shown(exc)}", highlight=False)
     if LOG_FILE:
         console.print(f"[dim]details: {LOG_FILE} (or rerun with --verbose)[/dim]", highlight=False)
     raise typer.Exit(code=1)
@@ -125,7 +134,7 @@ def _print_audit(flags: list[str]) -> None:
         f"[bold red]shortcut audit:      {len(flags)} flag(s)[/bold red]", highlight=False
     )
     for flag in flags:
-        console.print(f"[bold red]  WARNING: {escape(flag)}[/bold red]", highlight=False)
+        console.print(f"[bold red]  WARNING: {_shown(flag)}[/bold red]", highlight=False)
 
 
 def _auc(auc: float | None, low: float | None, high: float | None) -> str:
@@ -144,7 +153,7 @@ def _print_retrain(r) -> None:
     _print_audit(r.quality.shortcut_flags)
     held_out = r.dataset.held_out
     held = f"{', '.join(held_out.sources)} — " if held_out.sources else ""
-    console.print(f"held-out sources:    {escape(held + held_out.reason)}")
+    console.print(f"held-out sources:    {_shown(held + held_out.reason)}")
     at = f"at threshold {e.threshold:.2f} (chosen on Val, {e.threshold_rule})"
     console.print(
         f"internal (Val):      AUC {_auc(e.auc, e.auc_ci_low, e.auc_ci_high)}; sensitivity "
@@ -159,7 +168,7 @@ def _print_retrain(r) -> None:
         )
     for row in g.within_source:
         console.print(
-            f"within {escape(row.source)}: ".ljust(21)
+            f"within {_shown(row.source)}: ".ljust(21)
             + f"AUC {_auc(row.auc, row.auc_ci_low, row.auc_ci_high)} ({row.n_covid} covid, "
             f"{row.n_normal} normal, {row.splits})"
         )
@@ -173,7 +182,7 @@ def _print_retrain(r) -> None:
         )
     else:
         console.print(
-            f"[{style}]honest estimate:     {escape(honest.name)} "
+            f"[{style}]honest estimate:     {_shown(honest.name)} "
             f"{_auc(honest.auc, honest.auc_ci_low, honest.auc_ci_high)} (internal Val AUC "
             f"{_rate(e.auc)})[/{style}]",
             highlight=False,
@@ -189,7 +198,7 @@ def _print_retrain(r) -> None:
         f"[/{verdict}] at {reg.uri}",
         highlight=False,
     )
-    console.print(f"promotion gate:      {escape(reg.reason)}")
+    console.print(f"promotion gate:      {_shown(reg.reason)}")
     console.print(f"model card:          {reg.card_uri}")
 
 
@@ -363,13 +372,13 @@ def score(
 
     result = _run(f"scoring {source}…", run)
     if result.model_version is None:  # no champion yet: nothing was scored
-        console.print(result.message)
+        console.print(_shown(result.message))
         return
     s = result.summary
     reasons = ", ".join(f"{reason}: {count}" for reason, count in s["errors_by_reason"].items())
     console.print(
         f"{s['files']} files found, {s['scored']} scored, {s['errors']} errors"
-        + (f" ({reasons})" if reasons else "")
+        + (f" ({_shown(reasons)})" if reasons else "")
         + f"; model version {result.model_version}"
     )
     console.print(
@@ -399,7 +408,7 @@ def score_inbox(
     result = _run(
         "scoring the inbox…", lambda: score_inbox_flow(InboxParams(inbox=inbox, model=model))
     )
-    console.print(result.message)
+    console.print(_shown(result.message))
     if result.predictions_uri:
         console.print(
             f"predictions: {result.predictions_uri} (Parquet: {result.predictions_parquet_uri})"

@@ -10,6 +10,7 @@ from prefect import get_run_logger
 from prefect.runtime import flow_run
 
 from cxr_model.config import Settings, get_settings
+from cxr_model.safe_text import console_text
 from cxr_model.storage import ObjectStore, open_store
 
 # The CLI prints this logger's records as progress lines; Prefect's own logger feeds the UI.
@@ -42,9 +43,11 @@ TRANSIENT_RETRIES = dict(
 
 
 def say(message: str) -> None:
-    """Log ``message`` to the flow run (Prefect UI) and to the console progress stream."""
-    get_run_logger().info(message)
-    progress_logger.info(message)
+    """Log ``message`` to the flow run (Prefect UI) and to the console progress stream, as one
+    line however the file names it mentions are spelled."""
+    line = console_text(message)
+    get_run_logger().info(line)
+    progress_logger.info(line)
 
 
 def artifact_key(*parts: str) -> str:

@@ -6,7 +6,6 @@ The Val split is not touched here: the ensemble is evaluated and gated on it lik
 
 from __future__ import annotations
 
-import io
 import json
 import tempfile
 from pathlib import Path
@@ -22,6 +21,7 @@ from cxr_model.data import SplitArrays
 from cxr_model.ensemble import average_ensemble
 from cxr_model.evaluate import Evaluation, evaluate_predictions, folds_markdown, summarise_folds
 from cxr_model.images import LEGACY_PREPROCESSING, Preprocessing
+from cxr_model.manifest import read_csv, write_csv
 from cxr_model.split import TRAIN, load_split, patient_folds
 from cxr_model.train import Checkpoint, TrainParams, checkpoint_prefix, train_model
 from tasks.common import TRANSIENT_RETRIES, artifact_key, say, store
@@ -107,7 +107,7 @@ def fit_fold(
             "source": sources,
         }
     )
-    objects.put_bytes(f"{prefix}/oof.csv", oof.to_csv(index=False).encode())
+    write_csv(objects, f"{prefix}/oof.csv", oof)
     say(
         f"fold {fold + 1}/{folds}: held-out AUC {evaluation.auc}, accuracy {evaluation.accuracy:.3f}"
     )
@@ -132,8 +132,8 @@ def combine_folds(folds: list[FoldModel], params: TrainParams, run_prefix: str) 
     evaluations = [f.evaluation for f in folds]
     summary = summarise_folds(evaluations)
     report = folds_markdown(evaluations, title=f"Cross-validation ({len(folds)} folds by patient)")
-    oof = pd.concat(pd.read_csv(io.BytesIO(objects.get_bytes(f.oof_key))) for f in folds)
-    objects.put_bytes(f"{run_prefix}/cross_validation/oof.csv", oof.to_csv(index=False).encode())
+    oof = pd.concat(read_csv(objects, f.oof_key) for f in folds)
+    write_csv(objects, f"{run_prefix}/cross_validation/oof.csv", oof)
     objects.put_bytes(f"{run_prefix}/cross_validation/report.md", report.encode())
     with tempfile.TemporaryDirectory() as work:
         members = [

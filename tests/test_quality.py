@@ -620,3 +620,48 @@ def test_split_report_survives_pickling(tmp_path: Path) -> None:
     error = pickle.loads(pickle.dumps(QualityError(report)))
 
     assert error.report == report
+
+
+HOSTILE_TEXT = {
+    "original_path": "images/<img src=x onerror=alert(2)>.png",
+    "label": "<script>alert(1)</script>",
+    "source": "<script>alert(3)</script>",
+    "patient_id": "<svg onload=alert(4)>",
+}
+
+
+def _raw_markup_in(folder: Path) -> list[str]:
+    """Every generated page or script that carries input markup unescaped."""
+    found = []
+    for page in folder.rglob("*"):
+        if page.is_file() and page.suffix in {".html", ".js"}:
+            text = page.read_text(encoding="utf-8", errors="replace")
+            for payload in ("<script>alert(", "<img src=x onerror", "<svg onload"):
+                if payload in text:
+                    found.append(f"{page.relative_to(folder)}: {payload}")
+    return found
+
+
+@pytest.mark.parametrize("field", sorted(HOSTILE_TEXT))
+def test_markup_in_input_never_reaches_the_data_docs_raw(tmp_path: Path, field: str) -> None:
+    hostile = HOSTILE_TEXT[field]
+    bad_rows = {f"r{i}": {field: f"{hostile}{i}"} for i in (3, 4)}
+    if field == "original_path":  # the file name is also in the row's key, as ingest makes it
+        bad_rows = {
+            "r3": {field: hostile, "key": f"kaggle/{hostile}", **TOO_SMALL},
+            "r4": {field: hostile + "4", "key": f"kaggle/{hostile}4", **UNDECODABLE},
+        }
+
+    report = validate(manifest(20, **bad_rows), tmp_path)
+
+    assert (tmp_path / "docs" / "index.html").exists()
+    assert _raw_markup_in(tmp_path / "docs") == []
+    # the value is still reported, escaped, so a person can find the file
+    pages = "".join(p.read_text(errors="replace") for p in (tmp_path / "docs").rglob("*.html"))
+    assert report.total == 20
+    if field in {"original_path", "label"}:
+        assert "&lt;" in pages
+    if field == "label":  # the report itself keeps the raw value, for the people who fix it
+        assert f"unknown label '{hostile}3'" in report.rejected[0].reasons[0]
+    if field == "original_path":
+        assert [r.original_path for r in report.rejected] == [hostile, hostile + "4"]
