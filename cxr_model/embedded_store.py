@@ -7,16 +7,33 @@ sure two commands at once never start two servers on one folder. ``cxr store sto
 
 Credentials are always required: a random key pair is generated once and kept (mode 0600) in the
 state folder, because SeaweedFS without an identity file accepts anyone.
+
+Only the S3 port serves anyone who has the key pair; SeaweedFS's other doors are shut:
+
+* the master's and the filer's HTTP APIs are off (``-disableHttp``): no ``/dir/status``,
+  ``/col/delete`` or anonymous ``/buckets/...`` reads and writes;
+* the volume server (and the filer, were its HTTP API on) accept reads and writes only with a
+  JWT signed by keys that are random for each start and known to the server process alone
+  (``WEED_JWT_*`` in its environment, which only its owner can read);
+* every gRPC port (master, volume, filer, S3, admin) requires mutual TLS with a certificate
+  signed by a CA made for this store (``tls/``, mode 0600; the CA's key is thrown away);
+* WebDAV, the admin UI, Iceberg and Lance are off; everything listens on 127.0.0.1 only;
+* the state folder is 0700 and the server runs with umask 077, so its files (volumes, index,
+  filer database) and its unix sockets are the owner's alone.
+
+What stays readable anonymously on loopback: the master's status page, the volume server's
+``/status`` (disk usage and volume counts) and the admin's ``/metrics`` and ``/health``; no
+object data, no writes, no deletes.
 """
 
 from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -27,6 +44,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import boto3
+import psutil
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -35,6 +53,19 @@ GRPC_OFFSET = 10_000
 SERVICES = ("master", "volume", "filer", "s3", "admin")
 READY_TIMEOUT_S = 90.0
 PROBE_BUCKET = "cxr-health"
+PRIVATE_DIR = 0o700
+PRIVATE_FILE = 0o600
+UNIX_SOCKET_MAX = 100  # sun_path is 108 bytes on Linux
+TLS_COMPONENTS = ("MASTER", "VOLUME", "FILER", "S3", "ADMIN", "WORKER", "CLIENT")
+JWT_KEYS = (
+    "WEED_JWT_SIGNING_KEY",  # volume writes and deletes
+    "WEED_JWT_SIGNING_READ_KEY",  # volume reads
+    "WEED_JWT_FILER_SIGNING_KEY",  # filer writes
+    "WEED_JWT_FILER_SIGNING_READ_KEY",  # filer reads
+)
+
+
+logger = logging.getLogger(__name__)
 
 
 class EmbeddedStoreError(RuntimeError):
@@ -55,6 +86,7 @@ class EmbeddedServer:
     pid: int
     data_dir: str
     ports: dict[str, int]
+    started_at: float | None = None  # the process's start time, to tell it from a reused pid
 
 
 def weed_binary() -> str:
@@ -92,12 +124,34 @@ def free_ports(count: int = len(SERVICES)) -> list[int]:
     return chosen
 
 
+def make_private(root: Path) -> None:
+    """``root`` and everything under it: folders 0700, files 0600 (links left alone)."""
+    root.mkdir(parents=True, exist_ok=True)
+    os.chmod(root, PRIVATE_DIR)
+    for parent, dirs, files in os.walk(root):
+        for name in dirs:
+            path = os.path.join(parent, name)
+            if not os.path.islink(path):
+                os.chmod(path, PRIVATE_DIR)
+        for name in files:
+            path = os.path.join(parent, name)
+            if not os.path.islink(path):
+                os.chmod(path, PRIVATE_FILE)
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    os.chmod(path, PRIVATE_FILE)
+
+
 def load_or_create_credentials(folder: Path) -> Credentials:
     """The store's key pair, generated on first use and kept readable by the owner only."""
     path = folder / "credentials.json"
     if path.exists():
         return Credentials(**json.loads(path.read_text()))
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR)
     creds = Credentials(access_key="cxr" + secrets.token_hex(8), secret_key=secrets.token_hex(24))
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
@@ -122,9 +176,91 @@ def _write_identity_file(folder: Path, creds: Credentials) -> Path:
     return path
 
 
+def tls_material(folder: Path) -> dict[str, Path]:
+    """A CA and one certificate for every gRPC server and client of this store (made once).
+
+    The CA's private key is never written: nothing else can be signed into the store's trust.
+    """
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    tls = folder / "tls"
+    files = {"ca": tls / "ca.crt", "cert": tls / "store.crt", "key": tls / "store.key"}
+    if all(path.exists() for path in files.values()):
+        return files
+    tls.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR)
+    now = datetime.datetime.now(datetime.UTC)
+    valid = {
+        "not_valid_before": now - datetime.timedelta(minutes=5),
+        "not_valid_after": now + datetime.timedelta(days=3650),
+    }
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "cxr embedded store CA")])
+    ca = (
+        x509.CertificateBuilder(issuer_name=ca_name, subject_name=ca_name, **valid)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "cxr embedded store")])
+    usages = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+    cert = (
+        x509.CertificateBuilder(issuer_name=ca_name, subject_name=name, **valid)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address(HOST))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    pem = serialization.Encoding.PEM
+    _write_private(files["ca"], ca.public_bytes(pem))
+    _write_private(files["cert"], cert.public_bytes(pem))
+    _write_private(
+        files["key"],
+        key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
+    )
+    return files
+
+
+def server_environment(folder: Path) -> dict[str, str]:
+    """SeaweedFS's security settings (``security.toml`` keys as ``WEED_*`` variables).
+
+    Fresh JWT keys at each start; mutual TLS on every gRPC port. Variables win over any
+    ``security.toml`` SeaweedFS might find, and only the server's owner can read them.
+    """
+    tls = tls_material(folder)
+    env = {name: value for name, value in os.environ.items() if not name.startswith("WEED_")}
+    env.update({name: secrets.token_hex(32) for name in JWT_KEYS})
+    env["WEED_GRPC_CA"] = str(tls["ca"])
+    for component in TLS_COMPONENTS:
+        env[f"WEED_GRPC_{component}_CERT"] = str(tls["cert"])
+        env[f"WEED_GRPC_{component}_KEY"] = str(tls["key"])
+    env["WEED_ACCESS_UI"] = "false"
+    return env
+
+
 def server_command(data_dir: Path, identity_file: Path, ports: list[int]) -> list[str]:
     """The ``weed mini`` command line: loopback only, every port explicit, extras off."""
     by_service = dict(zip(SERVICES, ports, strict=True))
+    sockets = []
+    folder = data_dir.parent
+    if len(str(folder / "filer.sock")) < UNIX_SOCKET_MAX:  # else SeaweedFS's /tmp default
+        sockets = [
+            f"-filer.localSocket={folder / 'filer.sock'}",
+            f"-s3.localSocket={folder / 's3.sock'}",
+        ]
     return [
         weed_binary(),
         "mini",
@@ -137,6 +273,8 @@ def server_command(data_dir: Path, identity_file: Path, ports: list[int]) -> lis
         "-s3.port.iceberg=0",
         "-s3.port.lance=0",
         "-master.telemetry=false",
+        "-disableHttp",
+        *sockets,
         f"-s3.config={identity_file}",
     ]
 
@@ -181,22 +319,30 @@ def start_server(
     data_dir: Path, creds: Credentials, *, log_path: Path, detach: bool
 ) -> tuple[subprocess.Popen, EmbeddedServer]:
     """Start ``weed mini`` over ``data_dir`` and wait until it stores and returns an object."""
-    data_dir.mkdir(parents=True, exist_ok=True)
-    identity_file = _write_identity_file(data_dir.parent, creds)
+    folder = data_dir.parent
+    data_dir.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR)
+    identity_file = _write_identity_file(folder, creds)
+    env = server_environment(folder)
+    make_private(folder)  # also what an older version left readable
     ports = free_ports()
-    with open(log_path, "ab") as log:
+    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, PRIVATE_FILE)
+    with os.fdopen(log_fd, "ab") as log:
         process = subprocess.Popen(
             server_command(data_dir, identity_file, ports),
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=detach,
+            env=env,
+            cwd=folder,  # so no stray ./security.toml of the caller's is read
+            umask=0o077,
         )
     server = EmbeddedServer(
         endpoint_url=f"http://{HOST}:{ports[SERVICES.index('s3')]}",
         pid=process.pid,
         data_dir=str(data_dir),
         ports=dict(zip(SERVICES, ports, strict=True)),
+        started_at=_start_time(process.pid),
     )
     deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline:
@@ -224,6 +370,48 @@ def process_alive(pid: int) -> bool:
     return True
 
 
+def _start_time(pid: int) -> float | None:
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
+
+
+def recorded_process(pid: int, started_at: float | None, *markers: str) -> psutil.Process | None:
+    """The live process with this id if it is the one recorded, else None.
+
+    It must have started when recorded (when a start time was recorded) and its command line
+    must contain every marker: a pid reused by an unrelated process is never taken for ours.
+    """
+    try:
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return None
+        if started_at is not None and abs(process.create_time() - started_at) > 1.0:
+            return None
+        command = process.cmdline()
+    except psutil.Error:
+        return None
+    if all(any(marker in part for part in command) for marker in markers):
+        return process
+    return None
+
+
+def _store_process(server: EmbeddedServer, record: Path) -> psutil.Process | None:
+    """The recorded store's process, or None (saying so when the pid now belongs to another)."""
+    found = recorded_process(
+        server.pid, server.started_at, "weed", "mini", f"-dir={server.data_dir}"
+    )
+    if found is None and process_alive(server.pid) and _start_time(server.pid) is not None:
+        logger.warning(
+            "%s: stale record: process %d is not this store's SeaweedFS (the store has stopped "
+            "and the id was reused); it was left alone",
+            record,
+            server.pid,
+        )
+    return found
+
+
 @contextmanager
 def _locked(folder: Path) -> Iterator[None]:
     folder.mkdir(parents=True, exist_ok=True)
@@ -243,33 +431,42 @@ def _recorded(folder: Path) -> EmbeddedServer | None:
     path = folder / "server.json"
     if not path.exists():
         return None
-    return EmbeddedServer(**json.loads(path.read_text()))
+    try:
+        return EmbeddedServer(**json.loads(path.read_text()))
+    except (ValueError, TypeError) as exc:
+        logger.warning("%s: unreadable record (%s); ignored", path, exc)
+        return None
 
 
 def ensure_running(state_dir: Path) -> tuple[EmbeddedServer, Credentials]:
     """The embedded server for ``state_dir``: reused when it is up, started when it is not."""
+    state_dir.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR)
+    os.chmod(state_dir, PRIVATE_DIR)  # x-rays, models and keys live below: the owner's alone
     folder = _store_folder(state_dir)
     with _locked(folder):
         creds = load_or_create_credentials(folder)
         server = _recorded(folder)
-        if server and process_alive(server.pid) and probe(server.endpoint_url, creds):
+        process = _store_process(server, folder / "server.json") if server else None
+        if server and process and probe(server.endpoint_url, creds):
             return server, creds
-        if server and process_alive(server.pid):
-            _terminate(server.pid)
+        if process:
+            _terminate(process)
         _, server = start_server(
             folder / "data", creds, log_path=folder / "server.log", detach=True
         )
-        (folder / "server.json").write_text(json.dumps(asdict(server)))
+        _write_private(folder / "server.json", json.dumps(asdict(server)).encode())
         return server, creds
 
 
-def _terminate(pid: int, timeout_s: float = 15.0) -> None:
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and process_alive(pid):
-        time.sleep(0.2)
-    if process_alive(pid):
-        os.kill(pid, signal.SIGKILL)
+def _terminate(process: psutil.Process, timeout_s: float = 15.0) -> None:
+    """SIGTERM, then SIGKILL after ``timeout_s``; psutil re-checks the pid is still it."""
+    try:
+        process.terminate()
+        process.wait(timeout=timeout_s)
+    except psutil.TimeoutExpired:
+        process.kill()
+    except psutil.NoSuchProcess:
+        pass
 
 
 def stop(state_dir: Path) -> bool:
@@ -277,14 +474,16 @@ def stop(state_dir: Path) -> bool:
     folder = _store_folder(state_dir)
     with _locked(folder):
         server = _recorded(folder)
+        process = _store_process(server, folder / "server.json") if server else None
         (folder / "server.json").unlink(missing_ok=True)
-        if server is None or not process_alive(server.pid):
+        if process is None:
             return False
-        _terminate(server.pid)
+        _terminate(process)
         return True
 
 
 def status(state_dir: Path) -> EmbeddedServer | None:
-    """The recorded server if its process is alive, else None."""
-    server = _recorded(_store_folder(state_dir))
-    return server if server and process_alive(server.pid) else None
+    """The recorded server if its process is alive (and is that server), else None."""
+    folder = _store_folder(state_dir)
+    server = _recorded(folder)
+    return server if server and _store_process(server, folder / "server.json") else None

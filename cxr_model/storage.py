@@ -8,14 +8,24 @@ profiles, instance roles) for the latter two.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import mimetypes
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import boto3
+from boto3.exceptions import S3UploadFailedError
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    ReadTimeoutError,
+)
 
 from cxr_model import embedded_store
 from cxr_model.config import Settings
@@ -34,6 +44,59 @@ PRECONDITION_FAILED = {"PreconditionFailed", "412", "ConditionalRequestConflict"
 
 class StoreError(RuntimeError):
     """The object store could not be used; the message says what to fix."""
+
+
+class StoreUnreachable(StoreError, ConnectionError):
+    """The store stopped answering (a ConnectionError, so task retries still apply)."""
+
+
+# botocore's errors for a server that is gone or hung; their text carries the full request URL
+UNREACHABLE = (
+    EndpointConnectionError,
+    ConnectTimeoutError,
+    ReadTimeoutError,
+    ConnectionClosedError,
+)
+
+
+def _unreachable(exc: BaseException) -> bool:
+    if isinstance(exc, UNREACHABLE):
+        return True
+    # upload_file wraps the error in S3UploadFailedError; keep the cause chain in mind
+    cause = exc.__cause__ or exc.__context__
+    return isinstance(exc, S3UploadFailedError) and cause is not None and _unreachable(cause)
+
+
+def _says_when_unreachable(method):
+    """Turn "Could not connect to the endpoint URL ..." into one line that says what to do."""
+
+    def unreachable(self, exc):
+        where = self.endpoint_url or "AWS S3"
+        return StoreUnreachable(f"the S3 store at {where} stopped responding; rerun to resume")
+
+    if inspect.isgeneratorfunction(method):
+
+        @functools.wraps(method)
+        def generator(self, *args, **kwargs):
+            try:
+                yield from method(self, *args, **kwargs)
+            except Exception as exc:
+                if _unreachable(exc):
+                    raise unreachable(self, exc) from exc
+                raise
+
+        return generator
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as exc:
+            if _unreachable(exc):
+                raise unreachable(self, exc) from exc
+            raise
+
+    return wrapper
 
 
 class AlreadyExists(StoreError):
@@ -175,6 +238,22 @@ class ObjectStore:
             self.put_file(key, path)
             keys.append(key)
         return keys
+
+
+for _name in (
+    "ensure_bucket",
+    "put_bytes",
+    "replace_if_unchanged",
+    "put_file",
+    "get_bytes",
+    "get_with_etag",
+    "exists",
+    "list_keys",
+    "copy",
+    "download",
+    "upload_dir",
+):
+    setattr(ObjectStore, _name, _says_when_unreachable(getattr(ObjectStore, _name)))
 
 
 def _hidden(relative: Path) -> bool:

@@ -34,7 +34,7 @@ import typer
 
 from cxr_model import embedded_store
 from cxr_model.config import Settings, get_settings
-from cxr_model.embedded_store import process_alive
+from cxr_model.embedded_store import process_alive, recorded_process
 from cxr_model.sample import SAMPLE_TRAINING, SampleSpec, generate_sample
 from cxr_model.storage import open_store
 
@@ -67,6 +67,21 @@ class StackState:
     worker_pid: int
     started_store: bool
     started_at: str
+    # process start times, so that a pid reused after the stack died is never taken for it
+    server_started: float | None = None
+    worker_started: float | None = None
+
+    def process(self, role: str):
+        """The live server or worker this state recorded (a psutil.Process), else None."""
+        pid, started = (
+            (self.server_pid, self.server_started)
+            if role == "server"
+            else (self.worker_pid, self.worker_started)
+        )
+        found = recorded_process(pid, started, "prefect", role, "start")
+        if found is not None and os.getpgid(pid) != pid:  # we stop its whole process group
+            return None
+        return found
 
 
 def _stack_file(settings: Settings) -> Path:
@@ -213,7 +228,7 @@ def up(port: int = DEFAULT_PORT, settings: Settings | None = None) -> StackState
     """Start everything (see the module docstring); an already running stack is reused."""
     settings = settings or get_settings()
     running = read_state(settings)
-    if running and process_alive(running.server_pid) and process_alive(running.worker_pid):
+    if running and running.process("server") and running.process("worker"):
         return running
     logs = settings.state_dir / "logs"
     started_store = False
@@ -266,11 +281,22 @@ def up(port: int = DEFAULT_PORT, settings: Settings | None = None) -> StackState
         worker_pid=worker.pid,
         started_store=started_store,
         started_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        server_started=_start_time(server.pid),
+        worker_started=_start_time(worker.pid),
     )
     path = _stack_file(settings)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(asdict(state), indent=2))
     return state
+
+
+def _start_time(pid: int) -> float | None:
+    import psutil
+
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
 
 
 def _stop(pid: int) -> None:
@@ -300,10 +326,16 @@ def down(settings: Settings | None = None) -> list[str]:
     state = read_state(settings)
     stopped = []
     if state:
-        for name, pid in (("worker", state.worker_pid), ("prefect server", state.server_pid)):
-            if process_alive(pid):
+        for role, pid in (("worker", state.worker_pid), ("server", state.server_pid)):
+            if state.process(role) is not None:
                 _stop(pid)
-                stopped.append(f"{name} (pid {pid})")
+                stopped.append(f"{'worker' if role == 'worker' else 'prefect server'} (pid {pid})")
+            elif process_alive(pid):
+                typer.echo(
+                    f"{_stack_file(settings)}: stale record: pid {pid} is not the Prefect {role} "
+                    "(it stopped and the id was reused); left alone",
+                    err=True,
+                )
         if state.started_store and embedded_store.stop(settings.state_dir):
             stopped.append("embedded S3 store")
         _stack_file(settings).unlink()
@@ -346,7 +378,7 @@ def status_command() -> None:
     if state is None:
         typer.echo("not running (make up starts it)")
         raise typer.Exit(1)
-    alive = {"server": process_alive(state.server_pid), "worker": process_alive(state.worker_pid)}
+    alive = {role: state.process(role) is not None for role in ("server", "worker")}
     typer.echo(json.dumps(asdict(state) | {"alive": alive}, indent=2))
 
 

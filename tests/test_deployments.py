@@ -290,3 +290,34 @@ def test_bad_nightly_training_settings_are_refused_before_deploying(
     env = stack.prefect_env(settings, 4200)
     with pytest.raises(ValueError, match=f"CXR_NIGHTLY_TRAINING.*{complaint}"):
         stack.nightly_training(env, settings)
+
+
+def test_down_leaves_alone_a_process_that_took_a_recorded_pid(settings, capsys):
+    """Issue 11, item 10: the stack died, its pids went to other processes; `make down`."""
+    import subprocess
+
+    unrelated = [subprocess.Popen(["sleep", "60"]) for _ in range(2)]
+    state = {
+        "api_url": "http://127.0.0.1:9/api",
+        "ui_url": "http://127.0.0.1:9",
+        "server_pid": unrelated[0].pid,
+        "worker_pid": unrelated[1].pid,
+        "started_store": False,
+        "started_at": "2025-01-01T00:00:00+00:00",
+    }
+    path = settings.state_dir / "stack" / "stack.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(state))
+    try:
+        stopped = stack.down(settings)
+        assert stopped == []
+        assert all(process.poll() is None for process in unrelated), "an unrelated process died"
+        captured = capsys.readouterr()
+        out = captured.out + captured.err
+        for process in unrelated:
+            assert f"pid {process.pid}" in out and "stale record" in out
+        assert not path.exists()
+    finally:
+        for process in unrelated:
+            process.kill()
+            process.wait()

@@ -51,3 +51,29 @@ def test_parse_s3_uri():
     assert parse_s3_uri("s3://bucket/a/b/") == ("bucket", "a/b/")
     with pytest.raises(ValueError):
         parse_s3_uri("/local/path")
+
+
+def test_a_store_that_stops_mid_run_is_one_line_saying_so(tmp_path):
+    """Issue 11: not "Could not connect to the endpoint URL: ...?list-type=2..."."""
+    from cxr_model import embedded_store
+
+    settings = Settings(state_dir=tmp_path / "state", bucket="cxr-stops")
+    try:
+        store = open_store(settings)
+        store.put_bytes("runs/a.json", b"{}")
+        embedded_store.stop(settings.state_dir)  # the store dies between two operations
+        for operation in (
+            lambda: store.get_bytes("runs/a.json"),
+            lambda: list(store.list_keys("runs/")),
+            lambda: store.put_bytes("runs/b.json", b"{}"),
+            lambda: store.exists("runs/a.json"),
+        ):
+            with pytest.raises(StoreError) as stopped:
+                operation()
+            message = str(stopped.value)
+            assert message == (
+                f"the S3 store at {store.endpoint_url} stopped responding; rerun to resume"
+            )
+            assert isinstance(stopped.value, ConnectionError)  # tasks still retry it
+    finally:
+        embedded_store.stop(settings.state_dir)
