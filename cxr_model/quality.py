@@ -265,6 +265,7 @@ class QualityError(Exception):
             f"- {o.suite}: {o.expectation}{f' [{o.column}]' if o.column else ''}: {o.summary}"
             for o in failures
         ]
+        self.lines = lines  # printed one per console line
         super().__init__("\n".join(lines))
 
     def __reduce__(self) -> tuple[Any, ...]:

@@ -99,7 +99,10 @@ def _configure(verbose: bool) -> None:
 
 
 def _fail(exc: BaseException) -> None:
-    console.print(f"[bold red]error:[/bold red] {_shown(exc)}", highlight=False)
+    first, *more = getattr(exc, "lines", None) or [str(exc)]  # a multi-line error lists its lines
+    console.print(f"[bold red]error:[/bold red] {_shown(first)}", highlight=False)
+    for line in more:
+        console.print(f"  {_shown(line)}", highlight=False)
     if LOG_FILE:
         console.print(f"[dim]details: {LOG_FILE} (or rerun with --verbose)[/dim]", highlight=False)
     raise typer.Exit(code=1)
@@ -107,8 +110,11 @@ def _fail(exc: BaseException) -> None:
 
 def _run(title: str, call):
     """Run a flow call with a spinner; turn its failure into one line a user can act on."""
+    from flows.temporary_api import tie_temporary_api
+
     with console.status(title):
         try:
+            tie_temporary_api()  # a command killed mid-run leaves no Prefect server behind
             return call()
         except KeyboardInterrupt:
             raise

@@ -39,3 +39,15 @@ def test_an_error_naming_a_hostile_file_is_one_line(printed) -> None:
     first, *rest = printed.getvalue().splitlines()
     assert first.startswith("error: inbox/x.png\\n") and first.endswith("file too large")
     assert all(line.startswith("details:") for line in rest)
+
+
+def test_a_multi_line_error_prints_each_of_its_lines(printed) -> None:
+    class ListedError(Exception):
+        lines = ["data quality failed: 2 critical", f"- {HOSTILE_NAME}", "- too few rows"]
+
+    with pytest.raises(typer.Exit):
+        cli._fail(ListedError("unused"))
+
+    shown = printed.getvalue().splitlines()
+    assert shown[0] == "error: data quality failed: 2 critical"
+    assert shown[1].startswith("  - inbox/x.png\\n") and shown[2] == "  - too few rows"
