@@ -97,6 +97,12 @@ WORKING_COPIES = 3
 """Copies of its decoded pixels an image holds at most while decoded and converted."""
 _DECODING = ByteBudget(DECODING_BYTES)
 _BLOCK_PIXELS = 1 << 20
+PILLOW_BLOCK_BYTES = 64 * 1024**2
+# Pillow allocates an image in blocks (16 MB by default). glibc serves blocks under 32 MB from
+# per-thread arenas and keeps them after they are freed, so 8 threads that each decoded one big
+# image kept about 8 of them (1.2 GB for 8 × 7000² 16-bit PNGs). Blocks above 32 MB are mapped
+# and unmapped by themselves: the memory goes back as soon as the image is let go.
+Image.core.set_block_size(PILLOW_BLOCK_BYTES)
 
 RESAMPLE = Image.Resampling.BILINEAR
 REDUCING_GAP = 2.0
@@ -336,6 +342,12 @@ def _orientation(img: Image.Image) -> int:
         return 1
 
 
+def _upright(img: Image.Image) -> Image.Image:
+    """``img`` turned as its EXIF orientation says; the image itself when it needs no turn
+    (``ImageOps.exif_transpose`` would copy every pixel of it)."""
+    return img if _orientation(img) == 1 else ImageOps.exif_transpose(img)
+
+
 def inspect_image(data: bytes, max_pixels: int | None = None) -> ImageFacts:
     """Describe an image file for the quality manifest. Decodes every pixel; never raises for
     bad data (the problem is in ``error`` and ``decodable`` is False)."""
@@ -426,29 +438,38 @@ def hamming(a: str, b: str) -> int:
     return (int(a, 16) ^ int(b, 16)).bit_count()
 
 
+def _strips(img: Image.Image) -> Iterator[tuple[int, np.ndarray]]:
+    """``(top row, pixels)`` of horizontal strips of about :data:`_BLOCK_PIXELS` pixels each.
+
+    Strip by strip because ``np.asarray`` of a whole image costs three copies of its pixels
+    (Pillow's ``tobytes`` joins a list of pieces) on top of the image itself.
+    """
+    rows = max(1, _BLOCK_PIXELS // img.width)
+    for top in range(0, img.height, rows):
+        yield top, np.asarray(img.crop((0, top, img.width, min(img.height, top + rows))))
+
+
 def _wide_to_l(img: Image.Image) -> Image.Image:
     """16/32-bit or float greyscale → L, scaled linearly by the image's own min..max.
 
-    Worked through in blocks of :data:`_BLOCK_PIXELS`, so the float temporaries stay small: a
-    7000 × 7000 16-bit image needs its pixels twice over plus the result, not 40 bytes a pixel.
+    Worked through in strips (:func:`_strips`), so the temporaries stay small: a 7000 × 7000
+    16-bit image needs its own pixels and the result, not 40 bytes a pixel.
     """
-    flat = np.asarray(img).reshape(-1)
-    blocks = [flat[start : start + _BLOCK_PIXELS] for start in range(0, flat.size, _BLOCK_PIXELS)]
     lo, hi = np.inf, -np.inf
-    for block in blocks:
-        finite = block[np.isfinite(block)] if block.dtype.kind == "f" else block
+    for _, strip in _strips(img):
+        finite = strip[np.isfinite(strip)] if strip.dtype.kind == "f" else strip
         if finite.size:
             lo, hi = min(lo, float(finite.min())), max(hi, float(finite.max()))
     if not hi > lo:  # no finite pixel, or a constant image
         return Image.new("L", img.size, 0)
     scale = 255.0 / (hi - lo)
-    out = np.empty(flat.size, np.uint8)
-    for number, block in enumerate(blocks):
-        values = block.astype(np.float64)
+    out = Image.new("L", img.size, 0)
+    for top, strip in _strips(img):
+        values = strip.astype(np.float64)
         values = np.where(np.isfinite(values), values, lo)
-        start = number * _BLOCK_PIXELS
-        out[start : start + values.size] = np.rint((values - lo) * scale)
-    return Image.fromarray(out.reshape(img.size[1], img.size[0]), mode="L")
+        scaled = np.rint((values - lo) * scale).astype(np.uint8)
+        out.paste(Image.fromarray(scaled, mode="L"), (0, top))
+    return out
 
 
 def _flatten_alpha_on_black(img: Image.Image) -> Image.Image:
@@ -522,7 +543,7 @@ def to_model_input(
         raise ValueError(f"size must be a positive int, got {size!r}")
     try:
         with _decoded(data, draft_size=size) as decoded:
-            img = _to_square(_to_luminance(ImageOps.exif_transpose(decoded)), size, preprocessing)
+            img = _to_square(_to_luminance(_upright(decoded)), size, preprocessing)
     except _Bad as bad:
         raise ImageError(name, bad.reason) from bad
     except (ValueError, OSError) as exc:  # e.g. broken EXIF or palette found after decoding
