@@ -62,7 +62,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field
 
-from cxr_model.memory import ByteBudget
+from cxr_model.memory import ByteBudget, return_large_blocks
 
 __all__ = [
     "LEGACY_PREPROCESSING",
@@ -96,13 +96,8 @@ waits for room rather than adding to others (one alone is always let through).""
 WORKING_COPIES = 3
 """Copies of its decoded pixels an image holds at most while decoded and converted."""
 _DECODING = ByteBudget(DECODING_BYTES)
-_BLOCK_PIXELS = 1 << 20
-PILLOW_BLOCK_BYTES = 64 * 1024**2
-# Pillow allocates an image in blocks (16 MB by default). glibc serves blocks under 32 MB from
-# per-thread arenas and keeps them after they are freed, so 8 threads that each decoded one big
-# image kept about 8 of them (1.2 GB for 8 × 7000² 16-bit PNGs). Blocks above 32 MB are mapped
-# and unmapped by themselves: the memory goes back as soon as the image is let go.
-Image.core.set_block_size(PILLOW_BLOCK_BYTES)
+_BLOCK_PIXELS = 1 << 18  # 2 MB of float64 temporaries: small enough not to pile up per thread
+return_large_blocks()  # decoded images are let go, not kept per thread (see there)
 
 RESAMPLE = Image.Resampling.BILINEAR
 REDUCING_GAP = 2.0
