@@ -61,6 +61,7 @@ def main() -> None:
         rows = pd.read_csv(REAL / "manifest.csv", dtype=str).head(args.images)
         rows["file"] = [str(REAL / f) for f in rows["file"]]
         subset = Path(tempfile.mkdtemp()) / "manifest.csv"
+        os.environ["CXR_MANIFEST_ROOTS"] = json.dumps([str(REAL)])  # the rows name REAL's files
         rows.to_csv(subset, index=False)
         source = ManifestSource(subset)
     files = [source.csv_path.parent / r.original_path for r in source.records()]

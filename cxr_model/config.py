@@ -33,6 +33,11 @@ class Settings(BaseSettings):
     s3_region: str = Field(default="us-east-1", description="Region for the S3 client.")
     bucket: str = Field(default="cxr", description="Bucket that holds everything cxr produces.")
     model_name: str = Field(default="cxr-covid", description="Registry name of the classifier.")
+    manifest_roots: list[Path] = Field(
+        default_factory=list,
+        description="Folders a manifest's local paths may name besides the manifest's own folder "
+        '(a JSON list, e.g. ["/data/xrays"]). /proc, /sys, /dev and state_dir are always refused.',
+    )
 
     @property
     def embedded(self) -> bool:

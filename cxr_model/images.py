@@ -53,12 +53,16 @@ from __future__ import annotations
 import io
 import re
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Literal
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field
+
+from cxr_model.memory import ByteBudget, return_large_blocks
 
 __all__ = [
     "LEGACY_PREPROCESSING",
@@ -81,6 +85,19 @@ MAX_PIXELS = 50_000_000
 
 SUPPORTED_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "WEBP", "BMP", "TIFF")
 """Formats accepted, as Pillow names them (``MPO``, a multi-picture JPEG, is reported as JPEG)."""
+
+MAX_DECODED_BYTES = 256 * 1024**2
+"""Refuse to decode an image whose pixels would take more memory than this (width × height ×
+bytes per pixel, from the header, after a JPEG's reduced decode), whatever its pixel count."""
+
+DECODING_BYTES = 512 * 1024**2
+"""Memory all the threads of a process may use at once to decode and convert images; a big image
+waits for room rather than adding to others (one alone is always let through)."""
+WORKING_COPIES = 3
+"""Copies of its decoded pixels an image holds at most while decoded and converted."""
+_DECODING = ByteBudget(DECODING_BYTES)
+_BLOCK_PIXELS = 1 << 18  # 2 MB of float64 temporaries: small enough not to pile up per thread
+return_large_blocks()  # decoded images are let go, not kept per thread (see there)
 
 RESAMPLE = Image.Resampling.BILINEAR
 REDUCING_GAP = 2.0
@@ -210,12 +227,30 @@ def _pillow_bomb_reason(exc: BaseException) -> str:
     return f"too many pixels ({_first_line(exc)}): refusing to decode"
 
 
-def _open_decoded(
+def decoded_bytes(img: Image.Image) -> int:
+    """Bytes Pillow needs for ``img``'s pixels, from its header: 1 per pixel for ``1``/``L``/
+    ``P``, 2 for 16-bit greyscale, 4 for every other mode (Pillow keeps RGB in 4)."""
+    width, height = img.size
+    if img.mode in ("1", "L", "P"):
+        per_pixel = 1
+    elif img.mode.startswith("I;16"):
+        per_pixel = 2
+    else:
+        per_pixel = 4
+    return width * height * per_pixel
+
+
+@contextmanager
+def _decoded(
     data: bytes, draft_size: int | None = None, max_pixels: int | None = None
-) -> Image.Image:
+) -> Iterator[Image.Image]:
     """Open and fully decode ``data``; raise :class:`_Bad` with a short reason on bad data.
 
-    ``max_pixels`` defaults to :data:`MAX_PIXELS` (read at call time)."""
+    The image is yielded while it holds its share of the process's decoding budget
+    (:data:`WORKING_COPIES` × :func:`decoded_bytes`), so whatever the ``with`` block does with it
+    (conversion, resizing) is counted too. ``max_pixels`` defaults to :data:`MAX_PIXELS` (read at
+    call time); with ``draft_size`` a JPEG is decoded reduced, never below that size.
+    """
     if len(data) == 0:
         raise _Bad("empty file (0 bytes)")
     if _is_dicom(data):
@@ -244,16 +279,23 @@ def _open_decoded(
             raise _Bad(_bomb_reason(pixels, limit), **header)
         if width <= 0 or height <= 0:
             raise _Bad(f"truncated or corrupt: image has no pixels ({width}x{height})", **header)
+        if draft_size is not None and fmt == "JPEG":
+            img.draft("L", (draft_size, draft_size))  # DCT-scaled: the pixels below are fewer
+        size = decoded_bytes(img)
+        if size > MAX_DECODED_BYTES:
+            reason = f"too large to decode ({size} bytes of pixels > {MAX_DECODED_BYTES})"
+            raise _Bad(reason, **header)
 
-        try:
-            if draft_size is not None and fmt == "JPEG":
-                img.draft("L", (draft_size, draft_size))
-            img.load()
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise _Bad(_pillow_bomb_reason(exc), **header) from exc
-        except Exception as exc:  # OSError (truncated), SyntaxError, zlib.error, ValueError, ...
-            raise _Bad(f"truncated or corrupt: {_first_line(exc)}", **header) from exc
-    return img
+    with _DECODING.holding(size * WORKING_COPIES):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            try:
+                img.load()
+            except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+                raise _Bad(_pillow_bomb_reason(exc), **header) from exc
+            except Exception as exc:  # OSError (truncated), SyntaxError, zlib.error, ValueError
+                raise _Bad(f"truncated or corrupt: {_first_line(exc)}", **header) from exc
+        yield img
 
 
 def _unidentified(data: bytes) -> _Bad:
@@ -295,11 +337,18 @@ def _orientation(img: Image.Image) -> int:
         return 1
 
 
+def _upright(img: Image.Image) -> Image.Image:
+    """``img`` turned as its EXIF orientation says; the image itself when it needs no turn
+    (``ImageOps.exif_transpose`` would copy every pixel of it)."""
+    return img if _orientation(img) == 1 else ImageOps.exif_transpose(img)
+
+
 def inspect_image(data: bytes, max_pixels: int | None = None) -> ImageFacts:
     """Describe an image file for the quality manifest. Decodes every pixel; never raises for
     bad data (the problem is in ``error`` and ``decodable`` is False)."""
     try:
-        img = _open_decoded(data, max_pixels=max_pixels)
+        with _decoded(data, max_pixels=max_pixels) as img:
+            return _facts(img, len(data))
     except _Bad as bad:
         return ImageFacts(
             format=bad.format,
@@ -310,6 +359,10 @@ def inspect_image(data: bytes, max_pixels: int | None = None) -> ImageFacts:
             decodable=False,
             error=bad.reason,
         )
+
+
+def _facts(img: Image.Image, size: int) -> ImageFacts:
+    """What a decoded image is: format, mode, upright size and perceptual hash."""
     width, height = img.size
     orientation = _orientation(img)
     if orientation in _SWAPPING_ORIENTATIONS:
@@ -323,7 +376,7 @@ def inspect_image(data: bytes, max_pixels: int | None = None) -> ImageFacts:
         mode=img.mode,
         width=width,
         height=height,
-        bytes=len(data),
+        bytes=size,
         decodable=True,
         error=None,
         dhash=perceptual,
@@ -380,18 +433,38 @@ def hamming(a: str, b: str) -> int:
     return (int(a, 16) ^ int(b, 16)).bit_count()
 
 
+def _strips(img: Image.Image) -> Iterator[tuple[int, np.ndarray]]:
+    """``(top row, pixels)`` of horizontal strips of about :data:`_BLOCK_PIXELS` pixels each.
+
+    Strip by strip because ``np.asarray`` of a whole image costs three copies of its pixels
+    (Pillow's ``tobytes`` joins a list of pieces) on top of the image itself.
+    """
+    rows = max(1, _BLOCK_PIXELS // img.width)
+    for top in range(0, img.height, rows):
+        yield top, np.asarray(img.crop((0, top, img.width, min(img.height, top + rows))))
+
+
 def _wide_to_l(img: Image.Image) -> Image.Image:
-    """16/32-bit or float greyscale → L, scaled linearly by the image's own min..max."""
-    arr = np.asarray(img, dtype=np.float64)
-    finite = np.isfinite(arr)
-    if not finite.any():
+    """16/32-bit or float greyscale → L, scaled linearly by the image's own min..max.
+
+    Worked through in strips (:func:`_strips`), so the temporaries stay small: a 7000 × 7000
+    16-bit image needs its own pixels and the result, not 40 bytes a pixel.
+    """
+    lo, hi = np.inf, -np.inf
+    for _, strip in _strips(img):
+        finite = strip[np.isfinite(strip)] if strip.dtype.kind == "f" else strip
+        if finite.size:
+            lo, hi = min(lo, float(finite.min())), max(hi, float(finite.max()))
+    if not hi > lo:  # no finite pixel, or a constant image
         return Image.new("L", img.size, 0)
-    lo = float(arr[finite].min())
-    hi = float(arr[finite].max())
-    if hi <= lo:
-        return Image.new("L", img.size, 0)
-    scaled = (np.where(finite, arr, lo) - lo) * (255.0 / (hi - lo))
-    return Image.fromarray(np.rint(scaled).astype(np.uint8), mode="L")
+    scale = 255.0 / (hi - lo)
+    out = Image.new("L", img.size, 0)
+    for top, strip in _strips(img):
+        values = strip.astype(np.float64)
+        values = np.where(np.isfinite(values), values, lo)
+        scaled = np.rint((values - lo) * scale).astype(np.uint8)
+        out.paste(Image.fromarray(scaled, mode="L"), (0, top))
+    return out
 
 
 def _flatten_alpha_on_black(img: Image.Image) -> Image.Image:
@@ -464,9 +537,8 @@ def to_model_input(
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise ValueError(f"size must be a positive int, got {size!r}")
     try:
-        img = _open_decoded(data, draft_size=size)
-        img = ImageOps.exif_transpose(img)
-        img = _to_square(_to_luminance(img), size, preprocessing)
+        with _decoded(data, draft_size=size) as decoded:
+            img = _to_square(_to_luminance(_upright(decoded)), size, preprocessing)
     except _Bad as bad:
         raise ImageError(name, bad.reason) from bad
     except (ValueError, OSError) as exc:  # e.g. broken EXIF or palette found after decoding

@@ -25,7 +25,7 @@ import pandas as pd
 
 from cxr_model import images as imaging
 from cxr_model.safe_text import spreadsheet_cell, spreadsheet_value
-from cxr_model.sources import SourceRecord
+from cxr_model.sources import SourceRecord, read_failure
 from cxr_model.storage import AlreadyExists, ObjectStore
 
 T = TypeVar("T")
@@ -110,7 +110,7 @@ def ingest_record(
     try:
         data = record.read()
     except OSError as exc:
-        error = f"cannot read: {exc}"
+        error = read_failure(exc)
         return IngestedImage(
             key=key, raw_key="", sha256="", read_error=error, facts=unread_facts(error), **meta
         )
@@ -294,10 +294,13 @@ def ingest_summary(frame: pd.DataFrame, limit: int = 50) -> str:
 def quarantine(
     store: ObjectStore, images: pd.DataFrame, reasons: dict[str, list[str]]
 ) -> list[str]:
-    """Keep each rejected file under ``quarantine/<sha256>`` with a JSON note of why.
+    """Keep each rejected image under ``quarantine/<sha256>`` with a JSON note of why.
 
-    ``reasons`` maps manifest keys to their rejection reasons. Files that could not be read have
-    no bytes to keep; their note is written under ``quarantine/unread/``. Returns the note keys.
+    ``reasons`` maps manifest keys to their rejection reasons. Bytes are kept only for a file in
+    one of the accepted image formats (a truncated PNG, say): the note of anything else (text, an
+    unsupported format, an empty file) says why, without its bytes, so whatever a file held that
+    was not an x-ray is not copied further. Files that could not be read have no bytes to keep;
+    their note is written under ``quarantine/unread/``. Returns the note keys.
     """
     notes = []
     rows = images.set_index("key", drop=False)
@@ -306,7 +309,10 @@ def quarantine(
         fields = ("key", "source", "original_path", "label", "sha256")
         note = {f: None if pd.isna(row[f]) else row[f] for f in fields} | {"reasons": why}
         if row["raw_key"] and pd.notna(row["raw_key"]):
-            store.copy(row["raw_key"], f"{QUARANTINE_PREFIX}/{row['sha256']}")
+            keep = row["format"] in imaging.SUPPORTED_FORMATS
+            if keep:
+                store.copy(row["raw_key"], f"{QUARANTINE_PREFIX}/{row['sha256']}")
+            note["bytes_kept"] = bool(keep)
             note_key = f"{QUARANTINE_PREFIX}/{row['sha256']}.json"
         else:
             note_key = (

@@ -50,11 +50,12 @@ import threading
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from itertools import islice
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 import pandas as pd
@@ -65,7 +66,17 @@ from botocore.exceptions import ClientError
 from pydantic import BaseModel
 
 from cxr_model.images import LEGACY_PREPROCESSING, ImageError, Preprocessing, to_model_input
+from cxr_model.memory import ByteBudget
 from cxr_model.safe_text import spreadsheet_cell
+from cxr_model.sources import (
+    FetchError,
+    local_entries,
+    open_file_capped,
+    open_object_capped,
+    read_capped,
+    read_failure,
+    sha256_capped,
+)
 from cxr_model.storage import ObjectStore, parse_s3_uri
 
 if TYPE_CHECKING:
@@ -94,6 +105,11 @@ PARALLEL_READS = 8
 DECODE_THREADS = os.cpu_count() or 1
 DECODE_AHEAD = 2 * PREDICT_BATCH  # decoded images waiting for the model, at most, per chunk
 MISSING_KEY_CODES = {"NoSuchKey", "404"}
+MAX_BYTES_IN_FLIGHT = 256 * 1024**2
+BYTES_IN_FLIGHT = ByteBudget(MAX_BYTES_IN_FLIGHT)
+"""File bytes held at once by every chunk a process scores. A file read when they are spent is
+hashed as it streams by, its bytes let go, and read again when it is decoded; so a folder of
+large files costs reads, not memory."""
 
 Predict = Callable[[np.ndarray], np.ndarray]
 """Pixels ``(n, size, size, 3)`` → covid probabilities ``(n,)``."""
@@ -248,35 +264,27 @@ class ScoreStore:
 
 
 def list_inputs(location: str, store: ObjectStore) -> Iterator[str]:
-    """Every file under a local folder or ``s3://bucket/prefix``, streamed in a stable order."""
+    """Every file under a local folder or ``s3://bucket/prefix``, streamed in a stable order.
+
+    Local symbolic links, FIFOs and other entries that are not regular files are listed too
+    (never followed or entered): reading them gives their row its ``skipped:`` reason.
+    """
     if location.startswith("s3://"):
         bucket, prefix = parse_s3_uri(location)
-        for key in store.in_bucket(bucket).list_keys(prefix):
-            if not key.endswith("/"):
-                yield f"s3://{bucket}/{key}"
+        try:
+            for key in store.in_bucket(bucket).list_keys(prefix):
+                if not key.endswith("/"):
+                    yield f"s3://{bucket}/{key}"
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code") or "error"
+            why = f"bucket {bucket} does not exist" if code == "NoSuchBucket" else code
+            raise ScoringError(f"cannot list {location}: {why}") from exc
         return
     root = Path(location).expanduser()
     if not root.is_dir():
         raise ScoringError(f"input folder {root} does not exist or is not a folder")
-    for path in _files_under(root):
-        yield str(path.resolve())
-
-
-def _files_under(folder: Path) -> Iterator[Path]:
-    """Regular files under ``folder``, depth first, each folder's entries sorted by name.
-
-    Only one folder's entries are held at a time (not the whole tree); symbolic links are not
-    followed, so a link cannot lead outside the folder or round in a loop.
-    """
-    with os.scandir(folder) as found:
-        entries = sorted(found, key=lambda entry: entry.name)
-    for entry in entries:
-        if entry.is_symlink():
-            continue
-        if entry.is_dir():
-            yield from _files_under(Path(entry.path))
-        elif entry.is_file():
-            yield Path(entry.path)
+    for path in local_entries(root.resolve()):
+        yield str(path)
 
 
 def chunked(items: Iterator[str], size: int) -> Iterator[list[str]]:
@@ -285,17 +293,30 @@ def chunked(items: Iterator[str], size: int) -> Iterator[list[str]]:
         yield chunk
 
 
-def read_input(path: str, store: ObjectStore) -> bytes:
-    """The bytes of a local file or ``s3://`` object; a vanished object is FileNotFoundError."""
+@contextmanager
+def open_input(path: str, store: ObjectStore) -> Iterator[tuple[BinaryIO, int]]:
+    """A local file or ``s3://`` object opened for reading, with its size, at most
+    :data:`~cxr_model.sources.MAX_FILE_BYTES` as in ingest; a vanished object is
+    FileNotFoundError. Local files are opened as :func:`~cxr_model.sources.open_file_capped`
+    says (no link followed, nothing but a regular file read, never a wait)."""
     if not path.startswith("s3://"):
-        return Path(path).read_bytes()
+        with open_file_capped(Path(path)) as opened:
+            yield opened
+        return
     bucket, key = parse_s3_uri(path)
     try:
-        return store.in_bucket(bucket).get_bytes(key)
-    except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in MISSING_KEY_CODES:
+        with open_object_capped(store.in_bucket(bucket), key) as opened:
+            yield opened
+    except FetchError as exc:
+        if exc.reason in MISSING_KEY_CODES:
             raise FileNotFoundError(f"{path} was removed after it was listed") from exc
         raise
+
+
+def read_input(path: str, store: ObjectStore) -> bytes:
+    """The bytes of a local file or ``s3://`` object (see :func:`open_input`)."""
+    with open_input(path, store) as (stream, _):
+        return read_capped(stream, path)
 
 
 def keras_predictor(model: keras.Model) -> Predict:
@@ -333,32 +354,53 @@ def padded_size(count: int) -> int:
 
 @dataclass(frozen=True)
 class _File:
-    """One input file after reading: its bytes and sha256, or why it could not be read."""
+    """One input file after reading: its sha256, and its bytes when the process's budget had
+    room for them (``held`` of it), or why it could not be read."""
 
     path: str
     sha256: str = ""
     data: bytes | None = None
     error: str | None = None
+    held: int = 0
 
 
 def _why(exc: OSError | ImageError) -> str:
-    return exc.reason if isinstance(exc, ImageError) else f"cannot read: {exc}"
+    return exc.reason if isinstance(exc, ImageError) else read_failure(exc)
 
 
 def _read(path: str, store: ObjectStore) -> _File:
+    """Read and hash one file; its bytes are kept only if :data:`BYTES_IN_FLIGHT` has room."""
     try:
-        data = read_input(path, store)
+        with open_input(path, store) as (stream, size):
+            if not BYTES_IN_FLIGHT.try_take(size):
+                return _File(path, sha256_capped(stream, path))  # read again when decoded
+            try:
+                data = read_capped(stream, path)
+            except BaseException:
+                BYTES_IN_FLIGHT.give(size)
+                raise
+            return _File(path, hashlib.sha256(data).hexdigest(), data, held=size)
     except OSError as exc:
         return _File(path, error=_why(exc))
-    return _File(path, hashlib.sha256(data).hexdigest(), data)
 
 
-def _decode(file: _File, image_size: int, preprocessing: Preprocessing) -> np.ndarray | str:
+def _contents(file: _File, store: ObjectStore) -> bytes:
+    """A file's bytes: those read with it, or read again (and checked against its sha256)."""
+    if file.data is not None:
+        return file.data
+    data = read_input(file.path, store)
+    if hashlib.sha256(data).hexdigest() != file.sha256:
+        raise ImageError(file.path, "changed while it was being scored; score it again")
+    return data
+
+
+def _decode(
+    file: _File, store: ObjectStore, image_size: int, preprocessing: Preprocessing
+) -> np.ndarray | str:
     """The model input of a file's bytes, or why it cannot be one."""
     try:
-        return to_model_input(
-            file.data or b"", image_size, name=file.path, preprocessing=preprocessing
-        )
+        data = _contents(file, store)
+        return to_model_input(data, image_size, name=file.path, preprocessing=preprocessing)
     except (OSError, ImageError) as exc:
         return _why(exc)
 
@@ -373,7 +415,11 @@ def _new_contents(files: list[_File], stored: Mapping[str, StoredScore]) -> dequ
 
 
 def _decoded(
-    new: deque[_File], pool: ThreadPoolExecutor, image_size: int, preprocessing: Preprocessing
+    new: deque[_File],
+    pool: ThreadPoolExecutor,
+    store: ObjectStore,
+    image_size: int,
+    preprocessing: Preprocessing,
 ) -> Iterator[tuple[str, np.ndarray | str]]:
     """``(sha256, model input or why not)`` of each file in ``new``, in order, emptying ``new``.
 
@@ -384,13 +430,18 @@ def _decoded(
     while new or pending:
         while new and len(pending) < DECODE_AHEAD:
             file = new.popleft()
-            pending.append((file.sha256, pool.submit(_decode, file, image_size, preprocessing)))
+            decoding = pool.submit(_decode, file, store, image_size, preprocessing)
+            pending.append((file.sha256, decoding))
         sha256, decoding = pending.popleft()
         yield sha256, decoding.result()
 
 
 def _predict_new(
-    new: deque[_File], predict: Predict, image_size: int, preprocessing: Preprocessing
+    new: deque[_File],
+    store: ObjectStore,
+    predict: Predict,
+    image_size: int,
+    preprocessing: Preprocessing,
 ) -> tuple[dict[str, float], dict[str, str]]:
     """Probabilities of the ``new`` contents by sha256, and why the others could not be decoded.
 
@@ -407,7 +458,7 @@ def _predict_new(
         waiting.clear()
 
     with ThreadPoolExecutor(max_workers=DECODE_THREADS) as pool:
-        for sha256, pixels in _decoded(new, pool, image_size, preprocessing):
+        for sha256, pixels in _decoded(new, pool, store, image_size, preprocessing):
             if isinstance(pixels, str):
                 failed[sha256] = pixels
                 continue
@@ -438,10 +489,17 @@ def score_chunk(
     """
     with ThreadPoolExecutor(max_workers=PARALLEL_READS) as pool:
         files = list(pool.map(lambda path: _read(path, store), paths))
-    stored = scores.lookup(file.sha256 for file in files if file.error is None)
-    new = _new_contents(files, stored)
-    files = [replace(file, data=None) for file in files]  # bytes stay only until decoded
-    fresh, failed = _predict_new(new, predict, image_size, preprocessing)
+    held = sum(file.held for file in files)  # this chunk's share of BYTES_IN_FLIGHT
+    try:
+        stored = scores.lookup(file.sha256 for file in files if file.error is None)
+        new = _new_contents(files, stored)
+        decoding = sum(file.held for file in new)  # held until the chunk is decoded
+        BYTES_IN_FLIGHT.give(held - decoding)
+        held = decoding
+        files = [replace(file, data=None) for file in files]  # bytes stay only until decoded
+        fresh, failed = _predict_new(new, store, predict, image_size, preprocessing)
+    finally:
+        BYTES_IN_FLIGHT.give(held)
     scores.save(fresh, run)
     rows: list[Prediction] = []
     for file in files:

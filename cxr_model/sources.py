@@ -38,6 +38,8 @@ from __future__ import annotations
 
 import base64
 import csv
+import errno
+import hashlib
 import io
 import json
 import os
@@ -50,12 +52,15 @@ import urllib.error
 import urllib.request
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.client import HTTPException
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 from urllib.parse import parse_qsl, quote, urlsplit
+
+from cxr_model.config import get_settings
 
 if TYPE_CHECKING:
     from cxr_model.storage import ObjectStore
@@ -142,28 +147,115 @@ def _too_large(where: str, size: int | None, cap: int) -> FetchError:
     return FetchError(where, f"file too large ({size} bytes > cap {cap})")
 
 
-def _read_capped(stream: io.BufferedIOBase, where: str, cap: int) -> bytes:
-    """Read ``stream`` to its end, stopping (and raising) once it passes ``cap`` bytes."""
-    chunks: list[bytes] = []
+def _chunks_capped(stream: BinaryIO, where: str, cap: int) -> Iterator[bytes]:
+    """``stream``'s bytes to its end in pieces, raising once they pass ``cap`` bytes."""
     total = 0
-    while True:
-        chunk = stream.read(min(_CHUNK, cap + 1 - total))
-        if not chunk:
-            return b"".join(chunks)
-        chunks.append(chunk)
+    while chunk := stream.read(min(_CHUNK, cap + 1 - total)):
         total += len(chunk)
         if total > cap:
             raise _too_large(where, None, cap)
+        yield chunk
+
+
+def read_capped(stream: BinaryIO, where: str, max_bytes: int | None = None) -> bytes:
+    """Read ``stream`` to its end; :class:`FetchError` once it passes the cap."""
+    return b"".join(_chunks_capped(stream, where, _cap(max_bytes)))
+
+
+def sha256_capped(stream: BinaryIO, where: str, max_bytes: int | None = None) -> str:
+    """The sha256 of ``stream`` to its end, without keeping its bytes; capped as :func:`read_capped`."""
+    digest = hashlib.sha256()
+    for chunk in _chunks_capped(stream, where, _cap(max_bytes)):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+class RefusedFile(FetchError):
+    """A file deliberately not read (a symbolic link, a FIFO or device, a path outside where a
+    source may read); ``reason`` starts with ``skipped:`` so reports group these together."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(url, f"skipped: {reason}")
+
+    def __reduce__(self):
+        return (_rebuild_refused, (self.url, self.reason.removeprefix("skipped: ")))
+
+
+def _rebuild_refused(url: str, reason: str) -> RefusedFile:
+    return RefusedFile(url, reason)
+
+
+_FILE_KINDS = (
+    (stat.S_ISDIR, "a folder"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def _not_regular(mode: int) -> str:
+    kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a plain file")
+    return f"not a regular file ({kind})"
+
+
+@contextmanager
+def open_file_capped(path: Path, max_bytes: int | None = None) -> Iterator[tuple[BinaryIO, int]]:
+    """A local regular file opened for reading, with its size (at most ``max_bytes``, default
+    :data:`MAX_FILE_BYTES`).
+
+    Never blocks and never follows a link: the file is opened with ``O_NONBLOCK`` (a FIFO opens at
+    once instead of waiting for a writer) and ``O_NOFOLLOW``, and the *opened* descriptor must be
+    a regular file, so a file swapped for a FIFO, device or link after it was listed is refused
+    too. Raises :class:`RefusedFile` for those, :class:`FetchError` for a file over the cap and
+    ``OSError`` (e.g. ``FileNotFoundError``) when it cannot be opened.
+    """
+    cap = _cap(max_bytes)
+    where = str(path)
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise RefusedFile(where, "symbolic link not followed") from exc
+        if exc.errno == errno.ENXIO:  # a socket, or a device with nothing behind it
+            raise RefusedFile(where, "not a regular file (a socket or device)") from exc
+        raise
+    with os.fdopen(fd, "rb", buffering=0) as handle:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise RefusedFile(where, _not_regular(info.st_mode))
+        if info.st_size > cap:
+            raise _too_large(where, info.st_size, cap)
+        yield handle, info.st_size
 
 
 def read_file_capped(path: Path, max_bytes: int | None = None) -> bytes:
-    """A local file's bytes; :class:`FetchError` if it is bigger than the cap."""
-    cap = _cap(max_bytes)
-    with path.open("rb") as handle:
-        size = os.fstat(handle.fileno()).st_size
-        if size > cap:
-            raise _too_large(str(path), size, cap)
-        return _read_capped(handle, str(path), cap)
+    """A local regular file's bytes (see :func:`open_file_capped`)."""
+    with open_file_capped(path, max_bytes) as (handle, _):
+        return read_capped(handle, str(path), max_bytes)
+
+
+def local_entries(folder: Path) -> Iterator[Path]:
+    """Every entry under ``folder`` that is not a folder, depth first, each folder's entries
+    sorted by name; symbolic links are listed (as links, never entered or followed).
+
+    Only one folder's entries are held at a time. FIFOs, sockets and links are listed too, so
+    that whoever reads them (:func:`read_file_capped`) reports each one: nothing is left out
+    without a word.
+    """
+    with os.scandir(folder) as found:
+        entries = sorted(found, key=lambda entry: entry.name)
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False):
+            yield from local_entries(Path(entry.path))
+        else:
+            yield Path(entry.path)
+
+
+def read_failure(exc: OSError) -> str:
+    """The reason a report gives for a file that could not be read."""
+    return str(exc) if isinstance(exc, RefusedFile) else f"cannot read: {exc}"
 
 
 def _file_reader(path: Path) -> Callable[[], bytes]:
@@ -282,7 +374,7 @@ def fetch_bytes(
 
     def consume(response) -> bytes:
         _check_length(response, url, cap)
-        return _read_capped(response, url, cap)
+        return read_capped(response, url, cap)
 
     return _http_request(
         url, consume, auth=auth, timeout=timeout, attempts=attempts, backoff=backoff
@@ -353,31 +445,44 @@ def _url_fingerprint(url: str) -> Callable[[], str | None]:
 # --- S3 ----------------------------------------------------------------------------------------
 
 
-def _s3_reader(store: ObjectStore, key: str) -> Callable[[], bytes]:
-    def read() -> bytes:
-        from botocore.exceptions import BotoCoreError, ClientError
+@contextmanager
+def open_object_capped(
+    store: ObjectStore, key: str, max_bytes: int | None = None
+) -> Iterator[tuple[BinaryIO, int]]:
+    """An S3 object opened for reading, with its size (at most ``max_bytes``, default
+    :data:`MAX_FILE_BYTES`). Raises :class:`FetchError` with the URI, the S3 error code and the
+    HTTP status when it cannot be read."""
+    from botocore.exceptions import BotoCoreError, ClientError
 
-        uri = store.uri(key)
-        cap = MAX_FILE_BYTES
+    uri = store.uri(key)
+    cap = _cap(max_bytes)
+    try:
+        reply = store.client.get_object(Bucket=store.bucket, Key=key)
+        body = reply["Body"]
         try:
-            reply = store.client.get_object(Bucket=store.bucket, Key=key)
-            body = reply["Body"]
-            try:
-                size = reply.get("ContentLength")
-                if size is not None and size > cap:
-                    raise _too_large(uri, size, cap)
-                return _read_capped(body, uri, cap)
-            finally:
-                body.close()
-        except ClientError as exc:
-            error = exc.response.get("Error", {})
-            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            reason = error.get("Code") or error.get("Message") or "error"
-            raise FetchError(uri, str(reason), status) from exc
-        except BotoCoreError as exc:
-            raise FetchError(uri, f"S3 request failed ({exc})") from exc
+            size = int(reply.get("ContentLength") or 0)
+            if size > cap:
+                raise _too_large(uri, size, cap)
+            yield body, size
+        finally:
+            body.close()
+    except ClientError as exc:
+        error = exc.response.get("Error", {})
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        reason = error.get("Code") or error.get("Message") or "error"
+        raise FetchError(uri, str(reason), status) from exc
+    except BotoCoreError as exc:
+        raise FetchError(uri, f"S3 request failed ({exc})") from exc
 
-    return read
+
+def read_object_capped(store: ObjectStore, key: str, max_bytes: int | None = None) -> bytes:
+    """An S3 object's bytes (see :func:`open_object_capped`)."""
+    with open_object_capped(store, key, max_bytes) as (body, _):
+        return read_capped(body, store.uri(key), max_bytes)
+
+
+def _s3_reader(store: ObjectStore, key: str) -> Callable[[], bytes]:
+    return lambda: read_object_capped(store, key)
 
 
 def _list_etags(store: ObjectStore, prefix: str) -> dict[str, str]:
@@ -405,10 +510,13 @@ def _split_s3_uri(uri: str) -> tuple[str, str]:
 
 def _patient_ids(root: Path) -> dict[str, str]:
     manifest = root / "manifest.csv"
-    if not manifest.exists():
+    if not manifest.exists() and not manifest.is_symlink():
         return {}
-    with manifest.open(newline="") as handle:
-        return _patient_map(handle)
+    try:
+        text = read_file_capped(manifest).decode("utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SourceError(f"cannot read the patient ids in {manifest}: {exc}") from exc
+    return _patient_map(io.StringIO(text, newline=""))
 
 
 def _patient_map(handle: Iterable[str]) -> dict[str, str]:
@@ -429,37 +537,55 @@ class FolderSource:
     def name(self) -> str:
         return f"folder:{self.root}"
 
-    def _class_dirs(self) -> list[Path]:
-        children = [p for p in sorted(self.root.iterdir()) if p.is_dir() and not p.is_symlink()]
+    def _layout(self) -> tuple[list[Path], list[Path]]:
+        """The class folders, and the symbolic links found where split or class folders belong
+        (never followed: ``Train/covid -> /elsewhere`` would read files from outside)."""
+        links: list[Path] = []
+
+        def folders(parent: Path) -> list[Path]:
+            found = []
+            for path in sorted(parent.iterdir()):
+                if path.is_symlink():
+                    links.append(path)
+                elif path.is_dir():
+                    found.append(path)
+            return found
+
+        children = folders(self.root)
         split_dirs = [p for p in children if p.name.lower() in SPLIT_FOLDERS]
         if split_dirs:
-            return [c for s in split_dirs for c in sorted(s.iterdir()) if c.is_dir()]
-        return children
+            return [c for s in split_dirs for c in folders(s)], links
+        return children, links
+
+    def _record(self, path: Path, label: str | None, patients: Mapping[str, str]) -> SourceRecord:
+        relative = path.relative_to(self.root).as_posix()
+        return SourceRecord(
+            source=self.name,
+            original_path=relative,
+            label=label,
+            patient_id=patients.get(relative),
+            read=_file_reader(path),
+            fingerprint=file_fingerprint(path),
+        )
 
     def records(self) -> Iterator[SourceRecord]:
         if not self.root.is_dir():
             raise SourceError(f"source folder {self.root} does not exist or is not a folder")
         patients = _patient_ids(self.root)
-        class_dirs = self._class_dirs()
-        if not class_dirs:
+        class_dirs, links = self._layout()
+        if not class_dirs and not links:
             raise SourceError(
                 f"source folder {self.root} has no class folders: expected covid/ and normal/ "
                 "(optionally under Train/ and Val/)"
             )
+        # A link among the split and class folders gets a row (its read says why), unlabelled.
+        for link in links:
+            yield self._record(link, None, patients)
         for class_dir in class_dirs:
-            for path in sorted(class_dir.rglob("*")):
-                # Symlinks are not followed: a source folder may not reach outside itself.
-                if path.is_symlink() or not path.is_file() or path.name.lower() in IGNORED_FILES:
-                    continue
-                relative = path.relative_to(self.root).as_posix()
-                yield SourceRecord(
-                    source=self.name,
-                    original_path=relative,
-                    label=class_dir.name.lower(),
-                    patient_id=patients.get(relative),
-                    read=_file_reader(path),
-                    fingerprint=file_fingerprint(path),
-                )
+            for path in local_entries(class_dir):
+                # Links, FIFOs and other non-regular entries are listed; their read refuses them.
+                if path.name.lower() not in IGNORED_FILES or path.is_symlink():
+                    yield self._record(path, class_dir.name.lower(), patients)
 
 
 @dataclass(frozen=True)
@@ -523,6 +649,8 @@ class S3Source:
 # --- manifests ---------------------------------------------------------------------------------
 
 _MANIFEST_CORE = {"file", "uri", "label", "patient_id", "source"}
+ALWAYS_REFUSED = (Path("/proc"), Path("/sys"), Path("/dev"))
+"""Folders no manifest row may read from, whatever ``manifest_roots`` allows."""
 
 
 @dataclass(frozen=True)
@@ -553,7 +681,27 @@ class ManifestSource:
             return _s3_reader(store, key), {"url": location}, None
         path = Path(location)
         path = path if path.is_absolute() else base / path
-        return _file_reader(path), {}, file_fingerprint(path)
+        resolved = path.resolve()  # ``..`` and links resolved, so that neither leads outside
+        refusal = self._refusal(resolved)
+        if refusal is not None:
+            return _failing_reader(RefusedFile(location, refusal)), {}, None
+        return _file_reader(resolved), {}, file_fingerprint(resolved)
+
+    def _refusal(self, resolved: Path) -> str | None:
+        """Why a (resolved) local path in the manifest must not be read, or None when it may be:
+        only files under the manifest's own folder (or a ``manifest_roots`` folder) may be, never
+        any under /proc, /sys, /dev or cxr's state folder."""
+        settings = get_settings()
+        never = [*ALWAYS_REFUSED, settings.state_dir.expanduser().resolve()]
+        if any(resolved.is_relative_to(folder) for folder in never):
+            return "a system or cxr state path; manifests may not name it"
+        allowed = [self.csv_path.parent.resolve()]
+        allowed += [root.expanduser().resolve() for root in settings.manifest_roots]
+        if not any(resolved.is_relative_to(folder) for folder in allowed):
+            return (
+                "outside the manifest's folder (add its folder to CXR_MANIFEST_ROOTS to allow it)"
+            )
+        return None
 
     def records(self) -> Iterator[SourceRecord]:
         if not self.csv_path.is_file():
@@ -817,7 +965,7 @@ class _ZipArchive:
                 raise _too_large(where, info.file_size, cap)
             try:
                 with self._open().open(info) as member:
-                    return _read_capped(member, where, cap)
+                    return read_capped(member, where, cap)
             except (zipfile.BadZipFile, NotImplementedError, RuntimeError) as exc:
                 raise FetchError(where, f"cannot read zip member ({exc})") from exc
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -104,3 +105,64 @@ def test_every_hostile_file_gets_the_expected_outcome(
     assert sum(1 for k in store.list_keys("quarantine/") if k.endswith(".json")) == len(
         expected_reasons
     )
+
+
+def test_links_fifos_and_paths_outside_get_rows_and_no_bytes_are_kept(
+    prefect_harness, settings, store, tmp_path: Path, monkeypatch
+):
+    """Issue 11 items 3-5 through the ingest flow: every entry has a row with its reason."""
+    from flows.ingest import IngestParams, ingest
+
+    src = tmp_path / "src"
+    for n in range(8):
+        name = f"{'covid' if n < 4 else 'normal'}/good-{n}.png"
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        (src / name).write_bytes(encoded(Image.fromarray(gradient(100 + 7 * n, 90)), "PNG"))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "outside.png").write_bytes(encoded(Image.fromarray(gradient(90, 90)), "PNG"))
+    (src / "Pneumonia").symlink_to(elsewhere)  # a linked class folder
+    (src / "covid/link.png").symlink_to(elsewhere / "outside.png")
+    os.mkfifo(src / "covid/fifo.png")
+    secret = settings.state_dir / "s3" / "credentials.json"
+    secret.parent.mkdir(parents=True)
+    secret.write_text('{"accessKey": "k", "secretKey": "s"}')
+    (tmp_path / "m.csv").write_text(
+        "file,label\n"
+        "../../../../../../../../etc/passwd,covid\n"
+        "/proc/self/environ,covid\n"
+        f"{secret},normal\n"
+        "src/covid/fifo.png,covid\n"
+    )
+    sources = [f"folder:{src}", f"manifest:{tmp_path / 'm.csv'}"]
+    params = IngestParams(sources=sources, quality=QualitySettings(min_rows=5))
+
+    def run():
+        return ingest(params)
+
+    report = _finishes(run)
+    images = read_csv(store, report.quality.accepted_key.replace("accepted.csv", "images.csv"))
+    errors = dict(zip(images["original_path"], images["error"], strict=True))
+    skipped = {path: error for path, error in errors.items() if (error or "").startswith("skip")}
+    outside = "skipped: outside the manifest's folder"
+    system = "skipped: a system or cxr state path"
+    assert {path: error.split(" (")[0].split(";")[0] for path, error in skipped.items()} == {
+        "Pneumonia": f"skipped: symbolic link not followed: {src}/Pneumonia",
+        "covid/link.png": f"skipped: symbolic link not followed: {src}/covid/link.png",
+        "covid/fifo.png": "skipped: not a regular file",
+        "../../../../../../../../etc/passwd": outside,
+        "/proc/self/environ": system,
+        str(secret): system,
+        "src/covid/fifo.png": "skipped: not a regular file",
+    }
+    assert report.quality.rejected == len(skipped)
+    # Nothing of what was refused was read: no raw object, no quarantined bytes.
+    raw = [store.get_bytes(key) for key in store.list_keys("raw/")]
+    assert not any(b"secretKey" in data or b"root:" in data for data in raw)
+    assert not [k for k in store.list_keys("quarantine/") if not k.endswith(".json")]
+
+
+def _finishes(work, seconds: float = 300):
+    from tests.test_sources import finishes
+
+    return finishes(work, seconds)

@@ -9,11 +9,12 @@ from __future__ import annotations
 import csv
 import io
 import pickle
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFile
 
 from cxr_model import images
 from cxr_model.images import (
@@ -24,6 +25,7 @@ from cxr_model.images import (
     inspect_image,
     to_model_input,
 )
+from cxr_model.memory import ByteBudget
 
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cxr-real"
 
@@ -275,6 +277,39 @@ def test_pixel_limit_is_checked_before_decoding(monkeypatch):
         to_model_input(data, 32)
     # just under the limit is fine
     assert inspect_image(encode(Image.new("L", (40, 25)))).decodable
+
+
+def test_decoded_size_is_checked_from_the_header_before_decoding(monkeypatch):
+    monkeypatch.setattr(images, "MAX_DECODED_BYTES", 30_000)
+    sixteen = encode(Image.fromarray(np.zeros((100, 200), np.uint16)))  # 2 bytes a pixel
+    reason = "too large to decode (40000 bytes of pixels > 30000)"
+    facts = inspect_image(sixteen)
+    assert (facts.decodable, facts.error, facts.width, facts.height) == (False, reason, 200, 100)
+    with pytest.raises(ImageError, match=r"too large to decode \(40000 bytes"):
+        to_model_input(sixteen, 32)
+    assert inspect_image(encode(Image.new("L", (200, 100)))).decodable  # 1 byte a pixel
+    # A JPEG is decoded reduced (DCT scaling) for the model, so its reduced size is what counts.
+    jpeg = encode(Image.new("L", (400, 400), 90), "JPEG")
+    assert not inspect_image(jpeg).decodable
+    assert to_model_input(jpeg, 32).shape == (32, 32, 3)
+
+
+def test_decoding_waits_for_room_in_the_process_budget(monkeypatch):
+    budget = ByteBudget(1)  # room for one image at a time, whatever its size
+    monkeypatch.setattr(images, "_DECODING", budget)
+    seen: list[int] = []
+    real_load = ImageFile.ImageFile.load
+
+    def load(img):
+        seen.append(budget.held)
+        return real_load(img)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", load)
+    data = encode(Image.fromarray(np.zeros((50, 60), np.uint16)))
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        list(pool.map(lambda _: to_model_input(data, 16), range(8)))
+    assert seen and set(seen) == {50 * 60 * 2 * images.WORKING_COPIES}  # one at a time
+    assert budget.held == 0
 
 
 @pytest.mark.parametrize("side", [40, 50])  # Pillow warns above its limit, errors above twice it

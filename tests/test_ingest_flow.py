@@ -6,6 +6,7 @@ the Kaggle layout is read from a zip, as `cxr ingest ieee8023:<url> kaggle:<zip>
 
 from __future__ import annotations
 
+import json
 import zipfile
 
 import pandas as pd
@@ -55,10 +56,12 @@ def test_ingest_accounts_for_every_file_of_both_sources(
 
 
 def test_one_source_per_class_is_flagged_in_the_report_and_data_docs(
-    prefect_harness, settings, store, real_data, tmp_path
+    prefect_harness, settings, store, real_data, tmp_path, monkeypatch
 ):
     """hannover (all covid) vs nih (all normal): the study's recipe, and a shortcut."""
     from flows.ingest import IngestParams, ingest
+
+    monkeypatch.setenv("CXR_MANIFEST_ROOTS", json.dumps([str(real_data)]))  # absolute paths
 
     manifest = pd.read_csv(real_data / "manifest.csv", dtype=str)
     subset = pd.concat(

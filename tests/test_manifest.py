@@ -67,19 +67,33 @@ def test_describe_marks_duplicates_and_undecodable_files(store, tmp_path):
     assert described.loc["x.png", "error"].startswith("cannot read")
 
 
-def test_quarantine_keeps_the_bytes_and_the_reason(store, tmp_path):
-    frame = manifest.to_frame(manifest.ingest(store, [*folder(tmp_path).records(), unreadable()]))
+def test_quarantine_keeps_the_bytes_of_images_and_the_reason_of_everything(store, tmp_path):
+    source = folder(tmp_path)
+    truncated = png(40)[:60]
+    (tmp_path / "covid/notes.png").write_text("AWS_SECRET_ACCESS_KEY=not-an-x-ray\n")
+    (tmp_path / "covid/truncated.png").write_bytes(truncated)
+    frame = manifest.to_frame(manifest.ingest(store, [*source.records(), unreadable()]))
     rows = frame.set_index("original_path")
     reasons = {
         rows.loc["normal/empty.png", "key"]: ["empty file (0 bytes)"],
+        rows.loc["covid/notes.png", "key"]: ["not an image"],
+        rows.loc["covid/truncated.png", "key"]: ["truncated or corrupt"],
         rows.loc["x.png", "key"]: ["not decodable: cannot read: HTTP 404"],
     }
     notes = manifest.quarantine(store, frame, reasons)
-    empty_sha = rows.loc["normal/empty.png", "sha256"]
+    empty_sha, text_sha, png_sha = (
+        rows.loc[name, "sha256"]
+        for name in ("normal/empty.png", "covid/notes.png", "covid/truncated.png")
+    )
     assert f"quarantine/{empty_sha}.json" in notes
-    assert store.get_bytes(f"quarantine/{empty_sha}") == b""
     note = json.loads(store.get_bytes(f"quarantine/{empty_sha}.json"))
     assert note["reasons"] == ["empty file (0 bytes)"] and note["label"] == "normal"
+    # Only a file in an accepted image format keeps its bytes; the others keep their reason.
+    assert store.get_bytes(f"quarantine/{png_sha}") == truncated
+    assert json.loads(store.get_bytes(f"quarantine/{png_sha}.json"))["bytes_kept"] is True
+    for sha in (empty_sha, text_sha):
+        assert store.get_with_etag(f"quarantine/{sha}") is None
+        assert json.loads(store.get_bytes(f"quarantine/{sha}.json"))["bytes_kept"] is False
     unread = next(n for n in notes if n.startswith("quarantine/unread/"))
     assert json.loads(store.get_bytes(unread))["original_path"] == "x.png"
 

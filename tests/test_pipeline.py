@@ -28,8 +28,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
-def real_subset(real_data, tmp_path) -> Path:
-    """A manifest of 76 real images (absolute paths) and one zero-byte file."""
+def real_subset(real_data, tmp_path, monkeypatch) -> Path:
+    """A manifest of 76 real images (absolute paths, in an allowed root) and one zero-byte file."""
+    monkeypatch.setenv("CXR_MANIFEST_ROOTS", json.dumps([str(real_data)]))
     manifest = pd.read_csv(real_data / "manifest.csv", dtype=str)
     parts = [
         manifest[manifest["source"] == "actualmed"],

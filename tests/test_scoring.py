@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import io
+import os
+import socket
 
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
 
+from cxr_model import scoring, sources
+from cxr_model.memory import ByteBudget
 from cxr_model.model import seed_cnn
 from cxr_model.scoring import (
     ERROR,
@@ -26,6 +30,7 @@ from cxr_model.scoring import (
     predictions_frame,
     score_chunk,
 )
+from tests.test_sources import finishes
 
 SIZE = 32
 
@@ -78,24 +83,101 @@ def test_every_file_gets_a_row_in_input_order(tmp_path, store, model):
     (tmp_path / "sub" / "b.png").write_bytes(png(200))
     (tmp_path / "empty.png").write_bytes(b"")
     (tmp_path / "notes.txt").write_text("hello")
-    (tmp_path / "link.png").symlink_to(tmp_path / "a.png")  # links are not followed
+    (tmp_path / "link.png").symlink_to(tmp_path / "a.png")  # listed, never followed
     paths = list(list_inputs(str(tmp_path), store))
-    assert [p.rsplit("/", 1)[-1] for p in paths] == ["a.png", "empty.png", "notes.txt", "b.png"]
+    names = ["a.png", "empty.png", "link.png", "notes.txt", "b.png"]
+    assert [p.rsplit("/", 1)[-1] for p in paths] == names
 
     score, _ = scorer(store, model, version=3)
     predictions = score(paths).predictions
-    assert [p.status for p in predictions] == [OK, ERROR, ERROR, OK]
+    assert [p.status for p in predictions] == [OK, ERROR, ERROR, ERROR, OK]
     assert predictions[1].error == "empty file (0 bytes)"
-    assert predictions[2].error.startswith("not an image")
+    assert predictions[2].error == f"skipped: symbolic link not followed: {tmp_path}/link.png"
+    assert predictions[3].error.startswith("not an image")
     ok = predictions[0]
     assert 0 <= ok.probability_covid <= 1 and ok.model_version == 3 and not ok.reused
     assert ok.predicted_label == ("covid" if ok.probability_covid >= 0.5 else "normal")
     assert len(ok.sha256) == 64
 
     summary = score(paths).summary  # again: the two images are reused, the errors stay errors
-    assert (summary.files, summary.scored, summary.errors) == (4, 2, 2)
+    assert (summary.files, summary.scored, summary.errors) == (5, 2, 3)
     assert (summary.predicted, summary.reused, summary.skipped) == (0, 2, 0)
-    assert summary.errors_by_reason == {"empty file (0 bytes)": 1, "not an image": 1}
+    assert summary.errors_by_reason == {"empty file (0 bytes)": 1, "not an image": 1, "skipped": 1}
+
+
+def test_fifos_sockets_links_and_swapped_files_get_rows_without_hanging(tmp_path, store, model):
+    folder = tmp_path / "in"
+    (folder / "elsewhere").mkdir(parents=True)
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "secret.png").write_bytes(png(5))
+    (folder / "a.png").write_bytes(png(1))
+    (folder / "swapped.png").write_bytes(png(2))
+    os.mkfifo(folder / "fifo.png")
+    (folder / "linked-folder").symlink_to(tmp_path / "outside")
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(str(folder / "sock.png"))
+        paths = list(list_inputs(str(folder), store))
+        (folder / "swapped.png").unlink()  # a FIFO in its place after listing
+        os.mkfifo(folder / "swapped.png")
+        score, _ = scorer(store, model)
+        scored = finishes(lambda: score(paths))
+    rows = {
+        p.source_path.removeprefix(f"{folder}/"): (p.status, p.error) for p in scored.predictions
+    }
+    assert rows == {
+        "a.png": (OK, None),
+        "fifo.png": (ERROR, f"skipped: not a regular file (a FIFO): {folder}/fifo.png"),
+        "linked-folder": (ERROR, f"skipped: symbolic link not followed: {folder}/linked-folder"),
+        "sock.png": (
+            ERROR,
+            f"skipped: not a regular file (a socket or device): {folder}/sock.png",
+        ),
+        "swapped.png": (ERROR, f"skipped: not a regular file (a FIFO): {folder}/swapped.png"),
+    }
+    assert scored.summary.errors_by_reason == {"skipped": 4}
+
+
+def test_scoring_caps_file_size_as_ingest_does(tmp_path, store, model, monkeypatch):
+    monkeypatch.setattr(sources, "MAX_FILE_BYTES", 10_000)
+    big = tmp_path / "big.png"
+    with big.open("wb") as handle:  # sparse: 200 MB that take no disk
+        handle.truncate(200 * 1024**2)
+    (tmp_path / "small.png").write_bytes(png(3))
+    score, _ = scorer(store, model)
+    rows = {
+        p.source_path.rsplit("/", 1)[-1]: p
+        for p in score([str(big), str(tmp_path / "small.png")]).predictions
+    }
+    assert (
+        rows["big.png"].error
+        == f"cannot read: file too large ({200 * 1024**2} bytes > cap 10000): {big}"
+    )
+    assert rows["small.png"].status == OK
+
+
+def test_files_beyond_the_bytes_in_flight_are_hashed_then_read_again(
+    tmp_path, store, model, monkeypatch
+):
+    for n in range(6):
+        (tmp_path / f"{n}.png").write_bytes(png(100 + n))
+    paths = list(list_inputs(str(tmp_path), store))
+    expected = scorer(store, model, version=7)[0](paths).predictions
+    budget = ByteBudget(len(png(100)) * 2)  # room for two files' bytes at a time
+    monkeypatch.setattr(scoring, "BYTES_IN_FLIGHT", budget)
+    score, counting = scorer(store, model, version=8)
+    predictions = score(paths).predictions
+    assert counting.images == 6 and budget.held == 0
+    assert [(p.sha256, p.probability_covid) for p in predictions] == [
+        (p.sha256, p.probability_covid) for p in expected
+    ]
+
+
+def test_a_missing_bucket_is_a_one_line_error_naming_the_uri(store):
+    with pytest.raises(
+        ScoringError,
+        match=r"^cannot list s3://no-such-bucket-x/in/: bucket no-such-bucket-x does not exist$",
+    ):
+        list(list_inputs("s3://no-such-bucket-x/in/", store))
 
 
 def test_s3_prefix_inputs_are_listed_and_read(store, model):

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import os
+import socket
+import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -15,11 +21,14 @@ from cxr_model.sources import (
     Ieee8023Source,
     KaggleSource,
     ManifestSource,
+    RefusedFile,
     SourceError,
     ieee8023_label,
     kaggle_patient_id,
     parse_source,
 )
+
+T = TypeVar("T")
 
 
 def touch(path: Path, data: bytes = b"x") -> None:
@@ -61,12 +70,132 @@ def test_flat_layout_with_patient_ids_from_manifest(tmp_path):
     assert records["normal/b.png"].patient_id is None
 
 
+def finishes(work: Callable[[], T], seconds: float = 10) -> T:
+    """``work()``'s result, failing the test (instead of hanging it) when it takes too long.
+
+    The work runs in a daemon thread, so a read stuck for good cannot keep pytest from exiting.
+    """
+    done: list[tuple[bool, object]] = []
+
+    def run() -> None:
+        try:
+            done.append((True, work()))
+        except BaseException as exc:  # handed to the test's thread below
+            done.append((False, exc))
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if not done:
+        pytest.fail(f"still running after {seconds} s: a read hangs")
+    ok, value = done[0]
+    if not ok:
+        raise value
+    return value
+
+
+def outcome(record) -> str:
+    """What reading a record gives: ``read <n> bytes`` or the error's message."""
+    try:
+        return f"read {len(finishes(record.read))} bytes"
+    except OSError as exc:
+        return str(exc)
+
+
 def test_symlinks_are_not_followed_out_of_the_folder(tmp_path):
     outside = tmp_path / "secret.png"
     touch(outside)
     touch(tmp_path / "src/covid/a.png")
     (tmp_path / "src/covid/link.png").symlink_to(outside)
-    assert [r.original_path for r in FolderSource(tmp_path / "src").records()] == ["covid/a.png"]
+    records = {r.original_path: r for r in FolderSource(tmp_path / "src").records()}
+    assert list(records) == ["covid/a.png", "covid/link.png"]  # the link has a row of its own
+    assert outcome(records["covid/a.png"]) == "read 1 bytes"
+    with pytest.raises(RefusedFile, match="^skipped: symbolic link not followed: .*link.png$"):
+        records["covid/link.png"].read()
+
+
+def test_symlinked_class_and_split_folders_are_refused_not_followed(tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    for n in range(3):
+        touch(elsewhere / f"{n}.png")
+    touch(tmp_path / "src/Train/normal/a.png")
+    (tmp_path / "src/Train/covid").symlink_to(elsewhere)
+    (tmp_path / "src/Val").symlink_to(elsewhere)
+    records = {r.original_path: r for r in FolderSource(tmp_path / "src").records()}
+    assert sorted(records) == ["Train/covid", "Train/normal/a.png", "Val"]
+    for name in ("Train/covid", "Val"):
+        assert records[name].label is None
+        assert outcome(records[name]).startswith("skipped: symbolic link not followed")
+
+
+def test_fifos_sockets_and_swapped_files_are_reported_without_hanging(tmp_path):
+    touch(tmp_path / "covid/a.png")
+    touch(tmp_path / "covid/swapped.png")
+    os.mkfifo(tmp_path / "covid/fifo.png")
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(str(tmp_path / "covid/sock.png"))
+        records = {r.original_path: r for r in FolderSource(tmp_path).records()}
+        # replaced by a FIFO after it was listed: the opened file is checked, not the listing
+        (tmp_path / "covid/swapped.png").unlink()
+        os.mkfifo(tmp_path / "covid/swapped.png")
+        outcomes = {name: outcome(record) for name, record in records.items()}
+    assert outcomes == {
+        "covid/a.png": "read 1 bytes",
+        "covid/fifo.png": f"skipped: not a regular file (a FIFO): {tmp_path}/covid/fifo.png",
+        "covid/sock.png": (
+            f"skipped: not a regular file (a socket or device): {tmp_path}/covid/sock.png"
+        ),
+        "covid/swapped.png": f"skipped: not a regular file (a FIFO): {tmp_path}/covid/swapped.png",
+    }
+
+
+def test_manifest_paths_are_confined_to_the_manifest_folder(tmp_path, monkeypatch):
+    state = tmp_path / "state"
+    touch(state / "s3/credentials.json", b'{"secret": "s"}')
+    touch(tmp_path / "data/images/a.png", b"A")
+    touch(tmp_path / "other/b.png", b"B")
+    os.mkfifo(tmp_path / "data/images/fifo.png")
+    (tmp_path / "data/images/out.png").symlink_to(tmp_path / "other/b.png")
+    monkeypatch.setenv("CXR_STATE_DIR", str(state))
+    monkeypatch.setenv("CXR_MANIFEST_ROOTS", json.dumps([str(tmp_path)]))  # even when allowed
+    rows = [
+        "images/a.png",
+        "../../../../../../../../etc/passwd",
+        "/etc/passwd",
+        "/proc/self/environ",
+        "/dev/zero",
+        str(state / "s3/credentials.json"),
+        "images/fifo.png",
+        "images/out.png",
+    ]
+    (tmp_path / "data/m.csv").write_text("file,label\n" + "".join(f"{r},covid\n" for r in rows))
+    monkeypatch.setenv("CXR_MANIFEST_ROOTS", "[]")
+    outcomes = {
+        r.original_path: outcome(r) for r in ManifestSource(tmp_path / "data/m.csv").records()
+    }
+    outside = (
+        "skipped: outside the manifest's folder (add its folder to CXR_MANIFEST_ROOTS to allow it)"
+    )
+    system = "skipped: a system or cxr state path; manifests may not name it"
+    assert outcomes == {
+        "images/a.png": "read 1 bytes",
+        rows[1]: f"{outside}: {rows[1]}",
+        "/etc/passwd": f"{outside}: /etc/passwd",
+        "/proc/self/environ": f"{system}: /proc/self/environ",
+        "/dev/zero": f"{system}: /dev/zero",
+        rows[5]: f"{system}: {rows[5]}",
+        "images/fifo.png": f"skipped: not a regular file (a FIFO): {tmp_path}/data/images/fifo.png",
+        "images/out.png": f"{outside}: images/out.png",
+    }
+
+    # An allowed root opens the folders it names, never the system or state folders.
+    monkeypatch.setenv("CXR_MANIFEST_ROOTS", json.dumps([str(tmp_path)]))
+    outcomes = {
+        r.original_path: outcome(r) for r in ManifestSource(tmp_path / "data/m.csv").records()
+    }
+    assert outcomes["images/out.png"] == "read 1 bytes"
+    assert outcomes[rows[5]] == f"{system}: {rows[5]}"
+    assert outcomes["/proc/self/environ"] == f"{system}: /proc/self/environ"
 
 
 def test_missing_and_empty_folders_are_clear_errors(tmp_path):
