@@ -10,7 +10,10 @@ Rules, in order:
 
 1. The candidate must meet every minimum (AUC, sensitivity, optionally specificity). A metric that
    is undefined (``None``, e.g. AUC on a single-class split) does not meet its minimum.
-2. With no champion, a candidate that meets the minimums becomes the first champion.
+2. A champion that exists but cannot be loaded (its card, model file or alias record is missing,
+   unreadable or fails its sha256 check) cannot be compared with: the candidate stays a candidate,
+   and the reason says what is wrong with the champion. It is never taken for "no champion".
+   With no champion, a candidate that meets the minimums becomes the first champion.
 3. When the shortcut audit flagged the training data (a hospital, image size or format gives the
    label away), the internal Val numbers may measure the shortcut. The candidate must then show
    evidence from images where the shortcut cannot help (:class:`~cxr_model.generalisation.
@@ -122,6 +125,9 @@ class GateDecision(BaseModel):
     candidate_metrics: dict
     champion_version: int | None = None
     champion_metrics: dict | None = None
+    champion_problem: str | None = Field(
+        default=None, description="Why the champion could not be loaded, when it could not."
+    )
     settings: GateSettings = Field(default_factory=GateSettings)
     unseen_evidence: dict[str, float] = Field(
         default_factory=dict, description="Held-out-source and within-source AUCs considered."
@@ -191,10 +197,12 @@ def decide(
     settings: GateSettings | None = None,
     champion_version: int | None = None,
     generalisation: Generalisation | None = None,
+    champion_problem: str | None = None,
 ) -> GateDecision:
     """Promote ``candidate`` or not, given the ``champion`` re-evaluated on the same validation
     data (None when there is no champion yet) and the ``generalisation`` evidence (held-out and
-    within-source AUCs; None: not measured)."""
+    within-source AUCs; None: not measured). ``champion_problem`` says why a champion that exists
+    could not be loaded; the candidate then stays a candidate."""
     settings = settings or GateSettings()
     metric = settings.metric
     confounded = generalisation is not None and generalisation.confounded
@@ -215,6 +223,7 @@ def decide(
             candidate_metrics=headline_metrics(candidate),
             champion_version=champion_version,
             champion_metrics=None if champion is None else headline_metrics(champion),
+            champion_problem=champion_problem,
             settings=settings,
             unseen_evidence=generalisation.evidence() if generalisation else {},
             confounded=confounded,
@@ -222,6 +231,18 @@ def decide(
         )
 
     missed = _shortfalls(candidate, settings)
+    if champion_problem is not None:
+        which = (
+            "the champion" if champion_version is None else f"the champion (v{champion_version})"
+        )
+        reason = (
+            f"Not promoted: {which} cannot be loaded: {champion_problem}. A new model replaces "
+            "the champion only after a comparison on the same data, so it stays candidate until "
+            "the champion is repaired or a version is promoted by hand."
+        )
+        if missed:
+            reason += f" It also misses the minimums: {'; '.join(missed)}."
+        return verdict(False, reason)
     if missed:
         return verdict(False, f"Not promoted: {'; '.join(missed)}.")
     if shortfall is not None and not settings.allow_confounded:
@@ -303,6 +324,13 @@ def gate_markdown(decision: GateDecision, heading: str | None = "###") -> str:
             f"| {name} | {value:.3f} | {needed} |"
             for name, value in decision.unseen_evidence.items()
         ] or ["| (none measured) | n/a | required: the data are confounded |"]
+    if decision.champion_problem is not None:
+        which = (
+            "champion"
+            if decision.champion_version is None
+            else (f"champion v{decision.champion_version}")
+        )
+        lines += ["", f"**The {which} could not be loaded: {decision.champion_problem}**"]
     if decision.overridden:
         lines += [
             "",

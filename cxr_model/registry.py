@@ -2,11 +2,18 @@
 
 Layout under ``registry/<model name>/``:
 
-- ``versions/000007/model.keras`` and ``versions/000007/card.json``: a version is claimed by a
-  create-only put of its model file (``IfNoneMatch='*'``), so two processes registering at once get
-  two different numbers and nothing is ever overwritten. The card is written last; a version
-  without a card is incomplete and is not listed. Other files (a rendered model card, a gate
-  decision) can be attached to a complete version, also create-only.
+- ``versions/000007/card.json`` and ``versions/000007/model.keras``: a version is claimed by a
+  create-only put of its card (``IfNoneMatch='*'``), so two processes registering at once get two
+  different numbers and nothing is ever overwritten; the model file follows, also create-only.
+  The card names the model's sha256 and the registration that claimed it (a run id, or a random
+  one), so registering is idempotent: a put whose response was lost and that botocore retried,
+  or a registration called again with the same ``registration_id`` after failing half-way (a
+  retried task), finds the version it claimed and finishes it instead of claiming another.
+  A version with both files is complete. One without its model file (a registration that stopped
+  before uploading it) or without its card (left by earlier releases, which wrote the model
+  first, or damaged by hand) is incomplete: listed as such, never loaded or aliased, and removed
+  by :meth:`Registry.gc`. Other files (a rendered model card, a gate decision) can be attached to
+  a complete version, also create-only.
 - ``aliases/champion.json``: the version an alias points to, with the history of its moves (who,
   when, from which version to which, why). Alias moves are compare-and-swap on the object's ETag
   (``IfMatch``), retried on conflict, so moves made at the same time are all kept, in some order.
@@ -21,7 +28,9 @@ version; a later promotion is undone before any earlier one. With one move left 
 creation) there is nothing to roll back to, which is an error.
 
 Loading checks the model file's sha256 against the card and uses Keras safe mode. Keras is imported
-only when a model is loaded, so listing and moving aliases stay light.
+only when a model is loaded, so listing and moving aliases stay light. A card or alias record that
+cannot be parsed raises :class:`UnreadableEntry`, one line naming its key and the first problem;
+:meth:`Registry.describe` lists everything else and marks such entries.
 """
 
 from __future__ import annotations
@@ -34,13 +43,14 @@ import re
 import socket
 import subprocess
 import time
+import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from cxr_model.storage import AlreadyExists, ChangedSinceRead, ObjectStore
 
@@ -55,6 +65,15 @@ MODEL_FILE = "model.keras"
 CARD_FILE = "card.json"
 ATTACHMENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 MAX_CLAIM_ATTEMPTS = 50
+# What is stored under a version number (VersionState.status).
+COMPLETE = "complete"
+NO_CARD = "incomplete: no card"
+NO_MODEL = "incomplete: no model file"
+UNREADABLE = "unreadable"
+MISSING = "missing"  # an alias points at a version number with nothing stored under it
+INCOMPLETE = (NO_CARD, NO_MODEL)
+# gc leaves incomplete versions written more recently than this: one may be uploading right now.
+GC_MIN_AGE = timedelta(hours=1)
 MAX_ALIAS_ATTEMPTS = 100
 # A writer that lost a compare-and-swap waits up to this long before re-reading, so that many
 # writers at once do not keep colliding in lockstep.
@@ -78,6 +97,10 @@ class RegistryError(LookupError):
     """A version or alias does not exist, an alias cannot move, or a model fails its check."""
 
 
+class UnreadableEntry(RegistryError):
+    """A stored card or alias record that cannot be parsed; the message names its key and why."""
+
+
 class AliasNameError(ValueError):
     """An alias name that the registry does not accept."""
 
@@ -99,6 +122,11 @@ class ModelCard(BaseModel):
     code_version: str
     library_versions: dict[str, str]
     notes: list[str] = Field(default_factory=list)
+    registration_id: str | None = Field(
+        default=None,
+        description="The registration that claimed this version (a run id, or random): calling "
+        "register again with it and the same model finishes this version. None before it existed.",
+    )
     generalisation: dict | None = Field(
         default=None,
         description="Held-out-source and within-source evidence "
@@ -135,12 +163,61 @@ class Alias(BaseModel):
         return stack
 
 
+class VersionState(BaseModel):
+    """A version number in use: what is stored under it, and whether it can be used."""
+
+    version: int
+    status: str = Field(description="complete, incomplete: no card|no model file, or unreadable")
+    problem: str | None = Field(default=None, description="What is wrong, naming the key.")
+    card: ModelCard | None = None
+    files: list[str]
+    modified_at: datetime = Field(description="When the newest of its files was written.")
+
+
+class Leftover(BaseModel):
+    """An incomplete version that :meth:`Registry.gc` found, and what it did with it."""
+
+    version: int
+    status: str
+    files: list[str]
+    modified_at: datetime
+    removed: bool = False
+    kept_because: str | None = None
+
+
 class FieldDifference(BaseModel):
     """One card field (dotted path) in two versions; None where a version lacks it."""
 
     field: str
     a: Any
     b: Any
+
+
+Parsed = TypeVar("Parsed", bound=BaseModel)
+
+
+def one_line(exc: ValidationError) -> str:
+    """The first problem pydantic found, on one line, with how many more there are."""
+    errors = exc.errors(include_url=False)
+    first = errors[0]
+    where = ".".join(str(part) for part in first["loc"])
+    reason = f"{where}: {first['msg']}" if where else first["msg"]
+    if len(errors) > 1:
+        reason += f" (and {len(errors) - 1} more problems)"
+    return " ".join(reason.split())
+
+
+def _parse(model: type[Parsed], data: bytes, uri: str, what: str) -> Parsed:
+    """``data`` as a ``model``, or :class:`UnreadableEntry` naming ``uri`` and the problem."""
+    try:
+        return model.model_validate_json(data)
+    except ValidationError as exc:
+        raise UnreadableEntry(f"{uri}: not a valid {what}: {one_line(exc)}") from None
+
+
+def _ago(age: timedelta) -> str:
+    minutes = age.total_seconds() / 60
+    return f"{minutes:.0f} min" if minutes < 120 else f"{minutes / 60:.1f} h"
 
 
 def check_alias_name(alias: str) -> str:
@@ -243,51 +320,113 @@ class Registry:
     def _version_prefix(self, version: int) -> str:
         return f"{self.prefix}/versions/{version:06d}"
 
+    def _card_key(self, version: int) -> str:
+        return f"{self._version_prefix(version)}/{CARD_FILE}"
+
+    def _model_key(self, version: int) -> str:
+        return f"{self._version_prefix(version)}/{MODEL_FILE}"
+
     def _alias_key(self, alias: str) -> str:
         return f"{self.prefix}/aliases/{alias}.json"
 
     def version_uri(self, version: int) -> str:
         return self.store.uri(self._version_prefix(version) + "/")
 
-    def _numbers_in_use(self) -> list[int]:
-        numbers = set()
-        for key in self.store.list_keys(f"{self.prefix}/versions/"):
-            part = key[len(self.prefix) + len("/versions/") :].split("/", 1)[0]
-            if part.isdigit():
-                numbers.add(int(part))
-        return sorted(numbers)
+    def _stored(self) -> dict[int, dict[str, datetime]]:
+        """Version number → its files (name → when written), oldest version first; one listing."""
+        start = f"{self.prefix}/versions/"
+        found: dict[int, dict[str, datetime]] = {}
+        for key, modified in self.store.list_modified(start):
+            number, _, name = key[len(start) :].partition("/")
+            if number.isdigit() and name:
+                found.setdefault(int(number), {})[name] = modified
+        return dict(sorted(found.items()))
 
-    def register(self, model_path: Path, **card_fields) -> ModelCard:
-        """Store ``model_path`` as the next version with a card made of ``card_fields``."""
+    def register(
+        self, model_path: Path, *, registration_id: str | None = None, **card_fields
+    ) -> ModelCard:
+        """Store ``model_path`` as a new version with a card made of ``card_fields``.
+
+        ``registration_id`` names this registration (a run id): called again with the same id
+        and the same model file after a call that failed half-way, it finishes the version that
+        call claimed instead of claiming another. Without it, every call is a registration of
+        its own (lost responses inside the call are still recognised).
+        """
         data = model_path.read_bytes()
         sha256 = hashlib.sha256(data).hexdigest()
-        for _ in range(MAX_CLAIM_ATTEMPTS):
-            version = max(self._numbers_in_use(), default=0) + 1
-            model_key = f"{self._version_prefix(version)}/{MODEL_FILE}"
+        own = self._own_claim(sha256, registration_id) if registration_id else None
+        if own is not None and own[1]:
+            return own[0]  # registered completely before: a retry after a later step failed
+        card = own[0] if own else self._claim(sha256, len(data), registration_id, card_fields)
+        self._upload_model(card, data)
+        return card
+
+    def _own_claim(self, sha256: str, registration_id: str) -> tuple[ModelCard, bool] | None:
+        """The card this registration claimed before, and whether its model file is stored."""
+        for version, files in reversed(self._stored().items()):
+            if CARD_FILE not in files:
+                continue
             try:
-                self.store.put_bytes(
-                    model_key, data, content_type="application/zip", create_only=True
-                )
-            except AlreadyExists:
-                continue  # another process claimed this number first; take the next
+                card = self.card(version)
+            except RegistryError:
+                continue  # unreadable, or removed since the listing: not a claim to finish
+            if (card.model_sha256, card.registration_id) == (sha256, registration_id):
+                return card, MODEL_FILE in files
+        return None
+
+    def _claim(
+        self, sha256: str, size: int, registration_id: str | None, card_fields: dict
+    ) -> ModelCard:
+        """Claim the next version number with a create-only put of the card."""
+        registration_id = registration_id or uuid.uuid4().hex
+        code, libraries = code_version(), library_versions()
+        for _ in range(MAX_CLAIM_ATTEMPTS):
+            version = max(self._stored(), default=0) + 1
             card = ModelCard(
                 name=self.name,
                 version=version,
                 created_at=_now(),
-                model_key=model_key,
+                model_key=self._model_key(version),
                 model_sha256=sha256,
-                model_bytes=len(data),
-                code_version=code_version(),
-                library_versions=library_versions(),
+                model_bytes=size,
+                registration_id=registration_id,
+                code_version=code,
+                library_versions=libraries,
                 **card_fields,
             )
-            self.store.put_bytes(
-                f"{self._version_prefix(version)}/{CARD_FILE}",
-                card.model_dump_json(indent=2).encode(),
-                create_only=True,
-            )
-            return card
+            try:
+                self.store.put_bytes(
+                    self._card_key(version),
+                    card.model_dump_json(indent=2).encode(),
+                    content_type="application/json",
+                    create_only=True,
+                )
+                return card
+            except AlreadyExists:
+                # taken by another registration, or by this one: botocore retried a put whose
+                # response was lost, and the retry found the card the first try wrote
+                try:
+                    found = self.card(version)
+                except RegistryError:
+                    continue
+                if (found.model_sha256, found.registration_id) == (sha256, registration_id):
+                    return found
         raise RegistryError(f"could not claim a version number after {MAX_CLAIM_ATTEMPTS} attempts")
+
+    def _upload_model(self, card: ModelCard, data: bytes) -> None:
+        """Store the model file of a claimed version, once."""
+        try:
+            self.store.put_bytes(
+                card.model_key, data, content_type="application/zip", create_only=True
+            )
+        except AlreadyExists:
+            # stored by an earlier try whose response was lost; only the claimant writes here
+            stored = hashlib.sha256(self.store.get_bytes(card.model_key)).hexdigest()
+            if stored != card.model_sha256:
+                raise RegistryError(
+                    f"{self.store.uri(card.model_key)} has sha256 {stored}, but the card of "
+                    f"version {card.version} says {card.model_sha256}: it holds another model"
+                ) from None
 
     def attach(self, version: int, name: str, data: bytes) -> str:
         """Add a file (a rendered model card, a gate decision) to a version; returns its key.
@@ -299,41 +438,103 @@ class Registry:
                 f"cannot attach {name!r} to {self.name} v{version}: use a plain file name "
                 f"(letters, digits, dots, dashes, underscores) other than {MODEL_FILE} and {CARD_FILE}"
             )
-        self.card(version)  # only complete versions take attachments
+        self.complete_card(version)  # only complete versions take attachments
         key = f"{self._version_prefix(version)}/{name}"
         try:
             self.store.put_bytes(key, data, create_only=True)
         except AlreadyExists as exc:
+            if self.store.get_bytes(key) == data:
+                return key  # attached before by this same registration, retried
             raise RegistryError(
                 f"{self.store.uri(key)} is already attached; versions never change"
             ) from exc
         return key
 
     def card(self, version: int) -> ModelCard:
-        found = self.store.get_with_etag(f"{self._version_prefix(version)}/{CARD_FILE}")
+        """The card of ``version``; RegistryError when it has none or it cannot be parsed."""
+        key = self._card_key(version)
+        found = self.store.get_with_etag(key)
         if found is None:
+            if any(self.store.list_keys(self._version_prefix(version) + "/")):
+                raise RegistryError(
+                    f"{self.name} version {version} is incomplete: no card "
+                    f"({self.store.uri(key)} is missing)"
+                )
             raise RegistryError(f"{self.name} has no version {version}")
-        return ModelCard.model_validate_json(found[0])
+        return _parse(ModelCard, found[0], self.store.uri(key), "model card")
+
+    def complete_card(self, version: int) -> ModelCard:
+        """The card of ``version`` once its model file is stored too; RegistryError otherwise."""
+        card = self.card(version)
+        if not self.store.exists(card.model_key):
+            raise RegistryError(
+                f"{self.name} version {version} is incomplete: no model file "
+                f"({self.store.uri(card.model_key)} is missing)"
+            )
+        return card
+
+    def states(self) -> list[VersionState]:
+        """Every version number in use, oldest first: complete, incomplete or unreadable."""
+        states = []
+        for version, files in self._stored().items():
+            common = dict(version=version, files=sorted(files), modified_at=max(files.values()))
+            if CARD_FILE not in files:
+                missing = self.store.uri(self._card_key(version))
+                states.append(
+                    VersionState(status=NO_CARD, problem=f"{missing} is missing", **common)
+                )
+                continue
+            try:
+                card = self.card(version)
+            except UnreadableEntry as exc:
+                states.append(VersionState(status=UNREADABLE, problem=str(exc), **common))
+                continue
+            except RegistryError as exc:  # removed since the listing
+                states.append(VersionState(status=NO_CARD, problem=str(exc), **common))
+                continue
+            if MODEL_FILE in files:
+                states.append(VersionState(status=COMPLETE, card=card, **common))
+            else:
+                missing = self.store.uri(card.model_key)
+                states.append(
+                    VersionState(
+                        status=NO_MODEL, problem=f"{missing} is missing", card=card, **common
+                    )
+                )
+        return states
 
     def versions(self) -> list[ModelCard]:
-        """Every complete version, oldest first."""
-        cards = []
-        for version in self._numbers_in_use():
-            try:
-                cards.append(self.card(version))
-            except RegistryError:
-                continue  # being registered right now: its card is not written yet
-        return cards
+        """Every complete version, oldest first (:meth:`states` shows the others too)."""
+        return [state.card for state in self.states() if state.status == COMPLETE]
 
     def alias(self, alias: str) -> Alias | None:
-        found = self.store.get_with_etag(self._alias_key(alias))
-        return Alias.model_validate_json(found[0]) if found else None
+        """Where ``alias`` points, with its history; None when there is no such alias."""
+        key = self._alias_key(alias)
+        found = self.store.get_with_etag(key)
+        return _parse(Alias, found[0], self.store.uri(key), "alias record") if found else None
+
+    def alias_names(self) -> list[str]:
+        """The names of this model's aliases, from the keys alone."""
+        keys = self.store.list_keys(f"{self.prefix}/aliases/")
+        return sorted(key.rsplit("/", 1)[-1].removesuffix(".json") for key in keys)
 
     def all_aliases(self) -> list[Alias]:
-        """Every alias of this model, with its history."""
-        keys = self.store.list_keys(f"{self.prefix}/aliases/")
-        found = (self.alias(key.rsplit("/", 1)[-1].removesuffix(".json")) for key in keys)
+        """Every alias of this model, with its history (UnreadableEntry if one cannot be read)."""
+        found = (self.alias(name) for name in self.alias_names())
         return [alias for alias in found if alias is not None]
+
+    def _read_aliases(self) -> tuple[list[Alias], dict[str, str]]:
+        """The aliases that can be read, and alias name → problem for those that cannot."""
+        readable, broken = [], {}
+        for name in self.alias_names():
+            try:
+                found = self.alias(name)
+            except UnreadableEntry as exc:
+                broken[name] = str(exc)
+                continue
+            if found is not None:
+                readable.append(found)
+        return readable, broken
 
     def aliases(self) -> dict[str, int]:
         """Alias name → version, for every alias of this model."""
@@ -348,7 +549,7 @@ class Registry:
         alias is created but never moved (None when it existed).
         """
         check_alias_name(alias)
-        self.card(version)  # refuse to point at a version that does not exist
+        self.complete_card(version)  # refuse to point at a version that is missing or incomplete
 
         def move_to(current: Alias | None) -> AliasMove | None:
             if current and (only_if_absent or current.version == version):
@@ -365,7 +566,7 @@ class Registry:
         def move_back(current: Alias | None) -> AliasMove:
             if current is None:
                 raise RegistryError(
-                    f"{self.name} has no alias {alias!r}; known: {sorted(self.aliases())}"
+                    f"{self.name} has no alias {alias!r}; known: {self.alias_names()}"
                 )
             live = current.live_versions()
             if len(live) < 2:
@@ -401,7 +602,9 @@ class Registry:
         key = self._alias_key(alias)
         for _ in range(MAX_ALIAS_ATTEMPTS):
             found = self.store.get_with_etag(key)
-            current = Alias.model_validate_json(found[0]) if found else None
+            current = (
+                _parse(Alias, found[0], self.store.uri(key), "alias record") if found else None
+            )
             move = next_move(current)
             if move is None:
                 return current, False
@@ -442,16 +645,14 @@ class Registry:
             return int(text.lstrip("v"))
         current = self.alias(text)
         if current is None:
-            raise RegistryError(
-                f"{self.name} has no alias {text!r}; known: {sorted(self.aliases())}"
-            )
+            raise RegistryError(f"{self.name} has no alias {text!r}; known: {self.alias_names()}")
         return current.version
 
     def load(self, ref: str | int) -> tuple[keras.Model, ModelCard]:
         """The model behind ``ref``, verified against its card's sha256, loaded in safe mode."""
         import keras
 
-        card = self.card(self.resolve(ref))
+        card = self.complete_card(self.resolve(ref))
         path = self.cache_dir / "models" / self.name / f"{card.version:06d}" / MODEL_FILE
         if not path.exists() or sha256_file(path) != card.model_sha256:
             self.store.download(card.model_key, path)
@@ -462,23 +663,104 @@ class Registry:
                 f"{self.store.uri(card.model_key)} has sha256 {actual}, but its card says "
                 f"{card.model_sha256}: refusing to load a model that changed after registration"
             )
-        return keras.saving.load_model(path, compile=False, safe_mode=True), card
+        try:
+            model = keras.saving.load_model(path, compile=False, safe_mode=True)
+        except Exception as exc:  # noqa: BLE001 - a stored file is input: any failure is refused
+            reason = " ".join(str(exc).split())[:300]
+            raise RegistryError(
+                f"{self.store.uri(card.model_key)} cannot be loaded by Keras: "
+                f"{type(exc).__name__}: {reason}"
+            ) from exc
+        return model, card
 
     def describe(self) -> list[dict]:
-        """Versions with their aliases, for listings."""
+        """Every version number in use with its status and aliases, for listings.
+
+        Complete versions carry their card's facts; incomplete and unreadable ones a ``problem``
+        naming the key. An alias that cannot be read, or that points at a version with nothing
+        stored, gets a row of its own (``version`` None for the former).
+        """
+        aliases, broken = self._read_aliases()
         by_version: dict[int, list[str]] = {}
-        for alias, version in self.aliases().items():
-            by_version.setdefault(version, []).append(alias)
-        return [
-            {
-                "name": card.name,
-                "version": card.version,
-                "aliases": sorted(by_version.get(card.version, [])),
-                "created_at": card.created_at,
-                "dataset_id": card.dataset_id,
-                "metrics": card.metrics,
-                "model_bytes": card.model_bytes,
-                "uri": self.version_uri(card.version),
-            }
-            for card in self.versions()
-        ]
+        for alias in aliases:
+            by_version.setdefault(alias.version, []).append(alias.alias)
+        states = self.states()
+        rows = [self._row(s.version, s.status, s.problem, by_version, s.card) for s in states]
+        known = {state.version for state in states}
+        for version in sorted(by_version.keys() - known):
+            names = ", ".join(sorted(by_version[version]))
+            problem = f"{self.version_uri(version)} is empty, but alias {names} points at it"
+            rows.append(self._row(version, MISSING, problem, by_version))
+        for name, problem in broken.items():
+            rows.append(self._row(None, UNREADABLE, problem, {None: [name]}))
+        return rows
+
+    def _row(
+        self,
+        version: int | None,
+        status: str,
+        problem: str | None,
+        aliases: dict,
+        card: ModelCard | None = None,
+    ) -> dict:
+        return {
+            "name": self.name,
+            "version": version,
+            "status": status,
+            "problem": problem,
+            "aliases": sorted(aliases.get(version, [])),
+            "created_at": card.created_at if card else None,
+            "dataset_id": card.dataset_id if card else None,
+            "metrics": card.metrics if card else {},
+            "model_bytes": card.model_bytes if card else None,
+            "uri": None if version is None else self.version_uri(version),
+        }
+
+    def gc(self, *, min_age: timedelta = GC_MIN_AGE, remove: bool = False) -> list[Leftover]:
+        """The incomplete versions, removed when ``remove`` (else only listed).
+
+        Kept even then: versions written less than ``min_age`` ago (a registration may be
+        uploading the model right now) and versions that an alias points at or has in its
+        history (a broken champion is for a person to look at, not to delete). Refuses when an
+        alias cannot be read, since then it cannot tell which versions the aliases need.
+        """
+        aliases, broken = self._read_aliases()
+        if broken:
+            raise RegistryError(
+                f"cannot tell which versions the aliases need: {next(iter(broken.values()))}; "
+                "repair or remove that alias first"
+            )
+        needed: dict[int, str] = {}
+        for alias in aliases:
+            needed[alias.version] = f"alias {alias.alias} points at it"
+            for move in alias.history:
+                for version in (move.version, move.previous_version):
+                    if version is not None:
+                        needed.setdefault(version, f"alias {alias.alias} has it in its history")
+        now = datetime.now(UTC)
+        found = []
+        for state in self.states():
+            if state.status not in INCOMPLETE:
+                continue
+            item = Leftover(
+                **state.model_dump(include={"version", "status", "files", "modified_at"})
+            )
+            age = now - state.modified_at
+            if state.version in needed:
+                item.kept_because = needed[state.version]
+            elif age < min_age:
+                item.kept_because = (
+                    f"written {_ago(age)} ago, less than {_ago(min_age)}: it may still be being "
+                    "registered"
+                )
+            elif remove:
+                self._remove(state)
+                item.removed = True
+            found.append(item)
+        return found
+
+    def _remove(self, state: VersionState) -> None:
+        """Delete a version's files, the card last: a gc stopped half-way leaves it incomplete."""
+        prefix = self._version_prefix(state.version)
+        for name in sorted(state.files, key=lambda name: name == CARD_FILE):
+            self.store.delete(f"{prefix}/{name}")

@@ -13,6 +13,7 @@ import inspect
 import mimetypes
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import boto3
@@ -212,6 +213,17 @@ class ObjectStore:
         for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
             for item in page.get("Contents", []):
                 yield item["Key"]
+
+    def list_modified(self, prefix: str) -> Iterator[tuple[str, datetime]]:
+        """Every key under ``prefix`` with the time it was last written, page by page."""
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+            for item in page.get("Contents", []):
+                yield item["Key"], item["LastModified"]
+
+    def delete(self, key: str) -> None:
+        """Remove ``key`` (nothing happens when it is not there)."""
+        self.client.delete_object(Bucket=self.bucket, Key=key)
 
     def copy(self, src_key: str, dst_key: str) -> None:
         """Server-side copy inside the bucket."""

@@ -467,24 +467,89 @@ def _moves_table(aliases) -> Table:
 
 @registry_app.command("list")
 def registry_list(as_json: JsonOption = False) -> None:
-    """Every registered version with its aliases and metrics."""
+    """Every version with its status, aliases and metrics; what cannot be read is named, with why.
+
+    A version is complete, incomplete (no card, or no model file: a registration that stopped
+    half-way; `cxr registry gc` removes those) or unreadable. An alias that cannot be read is
+    listed on its own row.
+    """
     rows = _registry_call(lambda: _registry().describe())
     if as_json:
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
         return
-    table = Table("version", "aliases", "created", "accuracy", "AUC", "dataset", "size MB")
+    table = Table(
+        "version", "status", "aliases", "created", "accuracy", "AUC", "dataset", "size MB"
+    )
     for row in rows:
         metrics = row["metrics"]
         table.add_row(
-            str(row["version"]),
+            "-" if row["version"] is None else str(row["version"]),
+            row["status"],
             ",".join(row["aliases"]),
-            row["created_at"][:16].replace("T", " "),
+            (row["created_at"] or "-")[:16].replace("T", " "),
             _metric(metrics.get("accuracy")),
             _metric(metrics.get("auc")),
-            row["dataset_id"],
-            f"{row['model_bytes'] / 1e6:.1f}",
+            row["dataset_id"] or "-",
+            "-" if row["model_bytes"] is None else f"{row['model_bytes'] / 1e6:.1f}",
         )
     console.print(table)
+    for row in rows:
+        if row["problem"]:
+            which = (
+                f"alias {row['aliases'][0]}"
+                if row["version"] is None
+                else f"version {row['version']}"
+            )
+            console.print(f"{which} ({row['status']}): {escape(row['problem'])}", highlight=False)
+    if any(row["status"].startswith("incomplete") for row in rows):
+        console.print(
+            "incomplete versions are never loaded or aliased: `cxr registry gc` lists what it "
+            "would remove, `cxr registry gc --yes` removes it",
+            highlight=False,
+        )
+
+
+@registry_app.command("gc")
+def registry_gc(
+    yes: Annotated[
+        bool, typer.Option("--yes", help="Remove them. Without it nothing is removed: a dry run.")
+    ] = False,
+    min_age_minutes: Annotated[
+        float | None,
+        typer.Option(
+            min=0,
+            help="Keep incomplete versions written less than this long ago, since a registration "
+            "may still be uploading [default: 60].",
+        ),
+    ] = None,
+) -> None:
+    """List incomplete versions (a card without its model file, or a model file without its
+    card) and, with --yes, remove them. Versions that an alias points at or has in its history,
+    and recent ones, are kept and the reason shown."""
+    from datetime import timedelta
+
+    from cxr_model.registry import GC_MIN_AGE
+
+    min_age = GC_MIN_AGE if min_age_minutes is None else timedelta(minutes=min_age_minutes)
+    found = _registry_call(lambda: _registry().gc(min_age=min_age, remove=yes))
+    if not found:
+        console.print("no incomplete versions")
+        return
+    for item in found:
+        action = "removed" if item.removed else "would remove"
+        if item.kept_because:
+            action = f"kept: {item.kept_because}"
+        files = ", ".join(item.files)
+        console.print(f"version {item.version} ({item.status}; {files}): {action}", highlight=False)
+    removable = sum(1 for item in found if item.kept_because is None)
+    plural = "" if removable == 1 else "s"
+    if yes:
+        console.print(f"removed {removable} incomplete version{plural}")
+    elif removable:
+        console.print(
+            f"dry run: nothing removed; `cxr registry gc --yes` removes the {removable} "
+            f"version{plural} marked 'would remove'"
+        )
 
 
 @registry_app.command("show")

@@ -178,13 +178,20 @@ def write_report(
 @task(name="evaluate-champion", **TRANSIENT_RETRIES)
 def evaluate_champion(dataset: DatasetRef, rule: ThresholdRule) -> ChampionEvaluation | None:
     """The current champion re-evaluated on this run's Val split (None when there is none), so
-    the promotion gate compares both models on the same images."""
+    the promotion gate compares both models on the same images. A champion that exists but
+    cannot be loaded is returned with the reason, never taken for "no champion"."""
     models = registry()
+    version = None
     try:
-        model, card = models.load(CHAMPION)
-    except RegistryError:
-        say("no champion yet: the new model is gated on the minimums alone")
-        return None
+        current = models.alias(CHAMPION)
+        if current is None:
+            say("no champion yet: the new model is gated on the minimums alone")
+            return None
+        version = current.version
+        model, card = models.load(version)
+    except RegistryError as exc:
+        say(f"the champion cannot be loaded, so the new model cannot be promoted: {exc}")
+        return ChampionEvaluation(version=version, problem=str(exc))
     training = card.parameters.get("training", {})
     image_size = int(training.get("image_size", model.input_shape[1]))
     predictions = predict_splits(

@@ -6,6 +6,7 @@ import json
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
+from prefect.runtime import flow_run
 from pydantic import BaseModel
 
 from cxr_model.card import render_model_card
@@ -24,10 +25,13 @@ CARD_FILE = "model_card.md"
 
 
 class ChampionEvaluation(BaseModel):
-    """The champion's version and its metrics on a run's validation split."""
+    """The champion's version and its metrics on a run's validation split, or, for a champion
+    that exists but cannot be loaded, why (``evaluation`` None; ``version`` None when even the
+    alias record cannot be read)."""
 
-    version: int
-    evaluation: Evaluation
+    version: int | None
+    evaluation: Evaluation | None = None
+    problem: str | None = None
 
 
 class RegisteredModel(BaseModel):
@@ -83,9 +87,12 @@ def register_model(
 ) -> RegisteredModel:
     """Register the model, then let the gate decide: ``champion`` or ``candidate``, with a reason.
 
-    ``champion`` is the current champion's version and its metrics on the same Val split;
-    ``generalisation`` the evidence from unseen sources, which the gate requires when the shortcut
-    audit flagged the data.
+    ``champion`` is the current champion's version and its metrics on the same Val split (or why
+    it cannot be loaded, which keeps the new model a candidate); ``generalisation`` the evidence
+    from unseen sources, which the gate requires when the shortcut audit flagged the data.
+
+    Safe to retry: the registration is named by the flow run, so a retry after a failed step
+    (an alias move that got 503s) finishes the version it registered instead of adding another.
     """
     objects = store()
     models = registry()
@@ -98,9 +105,11 @@ def register_model(
         gate,
         champion_version=champion.version if champion else None,
         generalisation=generalisation,
+        champion_problem=champion.problem if champion else None,
     )
     card = models.register(
         local,
+        registration_id=flow_run.get_id() or objects.uri(trained.model_key),
         threshold=evaluation.threshold,
         metrics=evaluation.model_dump(),
         training=json.loads(objects.get_bytes(trained.training_key)),

@@ -57,6 +57,21 @@ def test_first_model_below_a_minimum_stays_candidate(candidate, settings, named)
     assert named in decision.reason
 
 
+def test_a_champion_that_cannot_be_loaded_keeps_the_model_candidate():
+    problem = "s3://cxr/registry/m/versions/000003/card.json is missing"
+    decision = decide(_evaluation(), None, GateSettings(), 3, champion_problem=problem)
+    assert not decision.promote and decision.alias == "candidate"
+    assert decision.reason.startswith(
+        f"Not promoted: the champion (v3) cannot be loaded: {problem}"
+    )
+    assert "First model" not in decision.reason and decision.champion_problem == problem
+    assert f"champion v3 could not be loaded: {problem}" in gate_markdown(decision)
+    missed = decide(_evaluation(auc=0.7), None, GateSettings(), None, champion_problem=problem)
+    assert (
+        "the champion cannot be loaded" in missed.reason and "AUC 0.700 is below" in missed.reason
+    )
+
+
 def test_specificity_has_no_minimum_by_default():
     assert decide(_evaluation(specificity=0.1), None).promote
 

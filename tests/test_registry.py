@@ -15,6 +15,10 @@ import pytest
 from cxr_model.model import seed_cnn
 from cxr_model.registry import (
     CHAMPION,
+    COMPLETE,
+    NO_CARD,
+    NO_MODEL,
+    UNREADABLE,
     AliasNameError,
     Registry,
     RegistryError,
@@ -40,7 +44,7 @@ def model_file(tmp_path_factory):
 
 def test_versions_are_numbered_and_carry_a_card(registry, model_file):
     first = registry.register(model_file, **CARD)
-    second = registry.register(model_file, **CARD)
+    second = registry.register(model_file, **CARD)  # another registration: a version of its own
     assert (first.version, second.version) == (1, 2)
     card = registry.card(2)
     assert card.model_sha256 == second.model_sha256 and len(card.model_sha256) == 64
@@ -268,3 +272,105 @@ def test_cli_promotes_rolls_back_shows_and_diffs(settings, store, tmp_path):
     assert "champion → version 1 (rolled back from 2)" in rolled.stdout
     refused = _cxr("registry", "rollback")
     assert refused.returncode == 1 and "nothing to roll back to" in refused.stdout
+
+
+def test_a_champion_without_its_card_is_listed_with_its_alias_and_refuses_to_load(
+    registry, tmp_path
+):
+    (tmp_path / "m").write_bytes(b"champion")
+    card = registry.register(tmp_path / "m", **CARD)
+    registry.set_alias(CHAMPION, card.version)
+    registry.store.delete(f"{registry.prefix}/versions/000001/card.json")
+    [row] = registry.describe()
+    assert (row["version"], row["status"], row["aliases"]) == (1, NO_CARD, [CHAMPION])
+    with pytest.raises(RegistryError, match="version 1 is incomplete: no card"):
+        registry.load(CHAMPION)
+
+
+def test_unreadable_aliases_and_cards_are_listed_with_their_key_and_reason(four_versions):
+    models = four_versions
+    models.set_alias(CHAMPION, 1)
+    models.set_alias("candidate", 2)
+    champion_key = f"{models.prefix}/aliases/champion.json"
+    card_key = f"{models.prefix}/versions/000003/card.json"
+    models.store.put_bytes(champion_key, b'{"alias": "champion", "vers')
+    models.store.put_bytes(card_key, b'{"name": "test-model"}')
+
+    rows = models.describe()
+    by_version = {row["version"]: row for row in rows if row["version"] is not None}
+    assert [by_version[v]["status"] for v in (1, 2, 3, 4)] == [
+        COMPLETE,
+        COMPLETE,
+        UNREADABLE,
+        COMPLETE,
+    ]
+    assert by_version[2]["aliases"] == ["candidate"] and by_version[1]["metrics"] == {
+        "accuracy": 0.9
+    }
+    assert by_version[3]["problem"].startswith(models.store.uri(card_key) + ": ")
+    assert "version: Field required" in by_version[3]["problem"]
+    [alias_row] = [row for row in rows if row["version"] is None]
+    assert (alias_row["status"], alias_row["aliases"]) == (UNREADABLE, [CHAMPION])
+    assert alias_row["problem"].startswith(models.store.uri(champion_key) + ": ")
+    assert "EOF while parsing" in alias_row["problem"]
+    assert not any("\n" in (row["problem"] or "") for row in rows)
+
+    with pytest.raises(RegistryError, match="aliases/champion.json: .*EOF while parsing"):
+        models.resolve(CHAMPION)
+    with pytest.raises(RegistryError, match="000003/card.json: .*version: Field required"):
+        models.card(3)
+    assert models.resolve("candidate") == 2  # the rest of the registry still works
+
+
+def test_cli_lists_what_it_can_read_and_names_the_broken_entries(settings, store, tmp_path):
+    models = Registry(store, settings.model_name, settings.cache_dir)
+    for n in range(3):
+        (tmp_path / f"m{n}").write_bytes(bytes([n]))
+        models.register(tmp_path / f"m{n}", **CARD)
+    models.set_alias(CHAMPION, 1)
+    models.store.put_bytes(f"{models.prefix}/aliases/champion.json", b"not json")
+    models.store.delete(f"{models.prefix}/versions/000003/model.keras")
+
+    listed = _cxr("registry", "list")
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    lines = listed.stdout.splitlines()
+    model_uri = store.uri(f"{models.prefix}/versions/000003/model.keras")
+    assert f"version 3 ({NO_MODEL}): {model_uri} is missing" in lines
+    champion_uri = store.uri(f"{models.prefix}/aliases/champion.json")
+    assert any(
+        line.startswith(f"alias champion ({UNREADABLE}): {champion_uri}: ")
+        and "Invalid JSON" in line
+        for line in lines
+    )
+    assert "validation error" not in listed.stdout
+    assert "cxr registry gc" in listed.stdout
+    rows = json.loads(_cxr("registry", "list", "--json").stdout)
+    assert [(row["version"], row["status"]) for row in rows] == [
+        (1, COMPLETE),
+        (2, COMPLETE),
+        (3, NO_MODEL),
+        (None, UNREADABLE),
+    ]
+
+
+def test_cli_gc_lists_by_default_and_removes_with_yes(settings, store, tmp_path):
+    models = Registry(store, settings.model_name, settings.cache_dir)
+    (tmp_path / "m").write_bytes(b"model")
+    models.register(tmp_path / "m", **CARD)
+    models.store.put_bytes(f"{models.prefix}/versions/000002/model.keras", b"orphan")
+
+    listed = _cxr("registry", "gc", "--min-age-minutes", "0")
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    assert "version 2 (incomplete: no card" in listed.stdout and "would remove" in listed.stdout
+    assert "--yes" in listed.stdout
+    assert [c["status"] for c in json.loads(_cxr("registry", "list", "--json").stdout)] == [
+        COMPLETE,
+        NO_CARD,
+    ]
+    recent = _cxr("registry", "gc", "--yes")
+    assert "kept" in recent.stdout and "may still be being registered" in recent.stdout
+    removed = _cxr("registry", "gc", "--yes", "--min-age-minutes", "0")
+    assert removed.returncode == 0 and "version 2 (incomplete: no card" in removed.stdout
+    assert "removed 1 incomplete version" in removed.stdout
+    assert [c["version"] for c in json.loads(_cxr("registry", "list", "--json").stdout)] == [1]
+    assert "no incomplete versions" in _cxr("registry", "gc").stdout
