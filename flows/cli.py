@@ -459,8 +459,8 @@ def _moves_table(aliases) -> Table:
                 move.moved_at.replace("T", " "),
                 "-" if move.previous_version is None else str(move.previous_version),
                 str(move.version),
-                move.moved_by,
-                move.reason,
+                _shown(move.moved_by),
+                _shown(move.reason),
             )
     return table
 
@@ -500,7 +500,7 @@ def registry_list(as_json: JsonOption = False) -> None:
                 if row["version"] is None
                 else f"version {row['version']}"
             )
-            console.print(f"{which} ({row['status']}): {escape(row['problem'])}", highlight=False)
+            console.print(f"{which} ({row['status']}): {_shown(row['problem'])}", highlight=False)
     if any(row["status"].startswith("incomplete") for row in rows):
         console.print(
             "incomplete versions are never loaded or aliased: `cxr registry gc` lists what it "
@@ -578,7 +578,7 @@ def registry_show(
     fields = Table("field", "value", show_header=False)
     skipped = {"training", "name", "version"}  # training: per-epoch history, in the run's files
     for name, value in flatten(card.model_dump(exclude=skipped)).items():
-        fields.add_row(name, str(value))
+        fields.add_row(name, _shown(value))
     console.print(fields)
     if aliases:
         console.print(_moves_table(aliases))
@@ -643,7 +643,7 @@ def registry_diff(
         return
     table = Table("field", f"version {first}", f"version {second}")
     for row in rows:
-        table.add_row(row.field, str(row.a), str(row.b))
+        table.add_row(row.field, _shown(row.a), _shown(row.b))
     console.print(table)
 
 
