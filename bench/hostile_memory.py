@@ -9,13 +9,16 @@ case inherits another's high-water mark:
   100 KB on disk, 98 MB of pixels).
 
 Scoring is :mod:`cxr_model.scoring` as the ``score-folder`` flow drives it (list → chunks of 256,
-4 in flight on threads → read, hash, look up, decode, predict, store scores), with a model that
-costs nothing (the mean pixel), so the numbers are what the files cost, not TensorFlow. Ingest is
+4 in flight on threads → read, hash, look up, decode, predict, store scores), by default with a
+model that costs nothing (the mean pixel), so the numbers are what the files cost, not TensorFlow;
+``--model compact_cnn`` (or any architecture) predicts with that Keras network instead (random
+weights: memory, not accuracy), which is what `cxr score` holds. Ingest is
 ``manifest.ingest`` over the same folder laid out as ``covid/``. Both talk to a SeaweedFS server
 started in a temporary folder (its memory is not counted). Prints one JSON document: machine,
 command, peak RSS per case and each hostile case's ratio to the ordinary one.
 
     .venv/bin/python bench/hostile_memory.py [--images 100] [--sparse 24] [--sixteen 8]
+        [--model none|compact_cnn|seed_cnn]
 """
 
 from __future__ import annotations
@@ -67,7 +70,18 @@ def sixteen_bit(folder: Path, count: int) -> None:
 CASES = {"ordinary": ordinary, "sparse": sparse, "sixteen-bit": sixteen_bit}
 
 
-def child(kind: str, folder: Path, endpoint: str, creds: dict) -> None:
+def _predictor(model: str):
+    """The mean pixel (``none``), or a Keras network of that architecture as `cxr score` runs it."""
+    if model == "none":
+        return lambda pixels: pixels.mean(axis=(1, 2, 3)) / 255.0
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    from cxr_model.model import build_model
+    from cxr_model.scoring import keras_predictor
+
+    return keras_predictor(build_model(model, 224))
+
+
+def child(kind: str, folder: Path, endpoint: str, creds: dict, model: str) -> None:
     """Score or ingest ``folder`` in this (fresh) process and print its peak RSS."""
     from cxr_model import embedded_store, manifest, scoring
     from cxr_model.sources import FolderSource
@@ -78,9 +92,7 @@ def child(kind: str, folder: Path, endpoint: str, creds: dict) -> None:
     started = time.monotonic()
     if kind == "score":
         scores = scoring.ScoreStore(store, "bench", int(time.time() * 1000))
-
-        def predict(pixels: np.ndarray) -> np.ndarray:
-            return pixels.mean(axis=(1, 2, 3)) / 255.0
+        predict = _predictor(model)
 
         def chunk(paths: list[str]) -> scoring.ScoreSummary:
             return scoring.score_chunk(
@@ -103,8 +115,11 @@ def child(kind: str, folder: Path, endpoint: str, creds: dict) -> None:
     )
 
 
-def measure(kind: str, folder: Path, endpoint: str, creds: dict) -> dict:
-    command = [sys.executable, __file__, "--child", kind, str(folder), endpoint, json.dumps(creds)]
+def measure(kind: str, folder: Path, endpoint: str, creds: dict, model: str) -> dict:
+    command = [
+        *(sys.executable, __file__, "--child", kind, str(folder), endpoint, json.dumps(creds)),
+        model,
+    ]
     done = subprocess.run(command, capture_output=True, text=True, check=True, timeout=1800)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -114,11 +129,12 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=100)
     parser.add_argument("--sparse", type=int, default=24)
     parser.add_argument("--sixteen", type=int, default=8)
-    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--model", default="none", help="none, or a Keras architecture")
+    parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        kind, folder, endpoint, creds = args.child
-        child(kind, Path(folder), endpoint, json.loads(creds))
+        kind, folder, endpoint, creds, model = args.child
+        child(kind, Path(folder), endpoint, json.loads(creds), model)
         return
 
     from cxr_model import embedded_store
@@ -142,7 +158,7 @@ def main() -> None:
                 make(folder, counts[name])
                 for kind in ("score", "ingest"):
                     results[f"{kind} {name}"] = measure(
-                        kind, folder, server.endpoint_url, dataclasses.asdict(creds)
+                        kind, folder, server.endpoint_url, dataclasses.asdict(creds), args.model
                     )
                     print(name, kind, results[f"{kind} {name}"], file=sys.stderr)
         finally:
@@ -160,6 +176,7 @@ def main() -> None:
             {
                 "machine": f"{platform.machine()} {os.cpu_count()} cores",
                 "command": " ".join([Path(sys.executable).name, *sys.argv]),
+                "model": args.model,
                 "counts": counts,
                 "results": results,
                 "ratio_to_ordinary": ratios,

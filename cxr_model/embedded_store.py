@@ -251,8 +251,16 @@ def server_environment(folder: Path) -> dict[str, str]:
     return env
 
 
-def server_command(data_dir: Path, identity_file: Path, ports: list[int]) -> list[str]:
-    """The ``weed mini`` command line: loopback only, every port explicit, extras off."""
+def server_command(
+    data_dir: Path, identity_file: Path, ports: list[int], max_volumes: int | None = None
+) -> list[str]:
+    """The ``weed mini`` command line: loopback only, every port explicit, extras off.
+
+    Each bucket is a SeaweedFS collection with volumes of its own; by default the server allows
+    as many volumes as free disk space / 1 GiB, so a disk with 20 GiB free holds ~20 buckets.
+    ``max_volumes`` sets the count instead (volumes are files that grow as written, not
+    preallocated), for a server that holds many small buckets, such as the tests'.
+    """
     by_service = dict(zip(SERVICES, ports, strict=True))
     sockets = []
     folder = data_dir.parent
@@ -276,6 +284,7 @@ def server_command(data_dir: Path, identity_file: Path, ports: list[int]) -> lis
         "-disableHttp",
         *sockets,
         f"-s3.config={identity_file}",
+        *([f"-volume.max={max_volumes}"] if max_volumes is not None else []),
     ]
 
 
@@ -316,7 +325,12 @@ def probe(endpoint_url: str, creds: Credentials) -> bool:
 
 
 def start_server(
-    data_dir: Path, creds: Credentials, *, log_path: Path, detach: bool
+    data_dir: Path,
+    creds: Credentials,
+    *,
+    log_path: Path,
+    detach: bool,
+    max_volumes: int | None = None,
 ) -> tuple[subprocess.Popen, EmbeddedServer]:
     """Start ``weed mini`` over ``data_dir`` and wait until it stores and returns an object."""
     folder = data_dir.parent
@@ -328,7 +342,7 @@ def start_server(
     log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, PRIVATE_FILE)
     with os.fdopen(log_fd, "ab") as log:
         process = subprocess.Popen(
-            server_command(data_dir, identity_file, ports),
+            server_command(data_dir, identity_file, ports, max_volumes),
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

@@ -348,8 +348,9 @@ def _text_cells(frame: pd.DataFrame, change: Callable[[Any], Any]) -> pd.DataFra
     """A copy of ``frame`` with ``change`` applied to each cell of its non-numeric columns."""
     changed = frame.copy()
     for column in changed.columns:
-        if not pd.api.types.is_numeric_dtype(changed[column]):
-            changed[column] = changed[column].map(change)
+        values = changed[column]
+        if not pd.api.types.is_numeric_dtype(values):  # same dtype back: None stays None
+            changed[column] = pd.Series(map(change, values), index=values.index, dtype=values.dtype)
     return changed
 
 

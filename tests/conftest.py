@@ -22,6 +22,9 @@ from cxr_model.config import Settings  # noqa: E402
 from cxr_model.storage import ObjectStore, open_store  # noqa: E402
 
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cxr-real"
+# Every test that stores something gets a bucket of its own, and each bucket takes at least one
+# SeaweedFS volume: allow plenty, whatever the free disk space (volumes grow as written).
+TEST_VOLUMES = 2000
 
 
 @pytest.fixture(scope="session")
@@ -30,7 +33,7 @@ def s3_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("seaweedfs")
     creds = embedded_store.load_or_create_credentials(root)
     process, server = embedded_store.start_server(
-        root / "data", creds, log_path=root / "server.log", detach=False
+        root / "data", creds, log_path=root / "server.log", detach=False, max_volumes=TEST_VOLUMES
     )
     yield server, creds
     process.terminate()

@@ -11,10 +11,11 @@ import os
 from datetime import timedelta
 
 import pytest
-from botocore.exceptions import ClientError, ConnectionClosedError
+from botocore.exceptions import ClientError
 from s3_faults import s3_faults
 
 from cxr_model.registry import CHAMPION, COMPLETE, NO_CARD, NO_MODEL, Registry, RegistryError
+from cxr_model.storage import StoreUnreachable
 
 CARD = dict(threshold=0.5, metrics={"accuracy": 0.9}, training={}, parameters={}, dataset_id="d1")
 FOREVER = 1000  # more faults than botocore has attempts: the call itself fails
@@ -65,7 +66,7 @@ def test_a_lost_response_to_the_claim_is_recognised_as_its_own(registry, tmp_pat
 def test_a_retried_registration_finishes_the_version_it_claimed(registry, tmp_path):
     path = _model(tmp_path, 1)
     with s3_faults(registry.store.client, "PutObject", "/model.keras", lose=FOREVER):
-        with pytest.raises(ConnectionClosedError):
+        with pytest.raises(StoreUnreachable, match="stopped responding; rerun to resume"):
             registry.register(path, registration_id="run-1", **CARD)
     card = registry.register(path, registration_id="run-1", **CARD)  # the task's retry
     assert card.version == 1 and card.registration_id == "run-1"

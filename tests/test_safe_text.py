@@ -92,3 +92,11 @@ def test_predictions_csv_is_escaped_and_its_parquet_keeps_the_raw_paths(store) -
     assert list(typed["source_path"]) == [*FORMULAS, "@evil.png"]
     assert typed["error"].iloc[-1] == "-not an image"
     assert [row["source_path"] for row in preview] == FORMULAS[:2]  # shown raw in the UI table
+
+
+def test_missing_values_read_back_as_none(store) -> None:
+    frame = pd.DataFrame({"key": ["a", "b"], "error": [None, "=bad"]})
+
+    back = read_csv(store, write_csv(store, "t.csv", frame))
+
+    assert back["error"].tolist() == [None, "=bad"]
