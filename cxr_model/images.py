@@ -210,6 +210,18 @@ def _format_name(img: Image.Image) -> str | None:
     return "JPEG" if img.format == "MPO" else img.format
 
 
+def image_header(data: bytes) -> tuple[str | None, int, int] | None:
+    """Format name, width and height from an image's header (nothing is decoded), in any format
+    Pillow knows; None when the bytes are not an image it can open."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:
+                return _format_name(img), *img.size
+    except Exception:  # noqa: BLE001 - any header parser failure means "not a readable image"
+        return None
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return (text[0] if text else type(exc).__name__)[:200]

@@ -15,17 +15,23 @@ model version; scoring computes the features in the same forward pass as the pro
 
 from __future__ import annotations
 
+import hashlib
 import io
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import keras
 import numpy as np
-from sklearn.covariance import LedoitWolf
+from pydantic import BaseModel, Field
+
+if TYPE_CHECKING:  # Keras and scikit-learn are imported where used: scoring imports this module
+    import keras
 
 __all__ = [
     "DEFAULT_FLAG_RATE",
     "FEATURE_LAYER",
+    "OOD_FILE",
     "FeatureDistance",
+    "OodCheck",
     "feature_extractor",
     "with_features",
 ]
@@ -33,17 +39,70 @@ __all__ = [
 FEATURE_LAYER = "covid_probability"  # its input is the penultimate representation
 DEFAULT_FLAG_RATE = 0.05  # share of validation images flagged by construction
 MIN_FIT_IMAGES = 10
+OOD_FILE = "ood.npz"  # the fitted detector, stored beside a registered version's model
+
+
+class OodCheck(BaseModel):
+    """What a model card says about its version's OOD check (the detector is :data:`OOD_FILE`)."""
+
+    file: str = OOD_FILE
+    sha256: str
+    method: str = "Mahalanobis distance of the penultimate features (Ledoit-Wolf covariance)"
+    threshold: float
+    flag_rate: float
+    n_train: int
+    n_val: int
+    flagged: dict[str, float] = Field(
+        default_factory=dict,
+        description="Share of each evaluated split's images flagged out of distribution (Val: "
+        "about flag_rate by construction; Holdout: images of sources the model never saw).",
+    )
+
+    @classmethod
+    def of(cls, data: bytes, detector: FeatureDistance, flagged: dict[str, float]) -> OodCheck:
+        """The card entry for ``detector`` stored as ``data`` (its :meth:`~FeatureDistance.to_bytes`)."""
+        return cls(
+            sha256=hashlib.sha256(data).hexdigest(),
+            threshold=detector.threshold,
+            flag_rate=detector.flag_rate,
+            n_train=detector.n_train,
+            n_val=detector.n_val,
+            flagged=flagged,
+        )
 
 
 def with_features(model: keras.Model) -> keras.Model:
-    """``model`` with two outputs: the probability and the penultimate features (one pass)."""
-    head = model.get_layer(FEATURE_LAYER)
+    """``model`` with two outputs: the probability and the penultimate features (one pass).
+
+    Raises ValueError for a model whose probability layer is not a dense head over one feature
+    vector (a cross-validation ensemble averages its members' probabilities instead).
+    """
+    import keras
+
+    head = _head(model)
     return keras.Model(model.inputs, [model.outputs[0], head.input], name=f"{model.name}_features")
 
 
 def feature_extractor(model: keras.Model) -> keras.Model:
     """Only the penultimate features of ``model`` (for fitting on training images)."""
-    return keras.Model(model.inputs, model.get_layer(FEATURE_LAYER).input)
+    import keras
+
+    return keras.Model(model.inputs, _head(model).input)
+
+
+def _head(model: keras.Model) -> keras.layers.Layer:
+    import keras
+
+    try:
+        head = model.get_layer(FEATURE_LAYER)
+    except ValueError:
+        head = None
+    if not isinstance(head, keras.layers.Dense):
+        raise ValueError(
+            f"{model.name} has no dense {FEATURE_LAYER!r} layer over penultimate features, so "
+            "it has no out-of-distribution check (an ensemble averages its members instead)"
+        )
+    return head
 
 
 @dataclass(frozen=True)
@@ -70,6 +129,8 @@ class FeatureDistance:
             )
         if not 0 < flag_rate < 1:
             raise ValueError(f"flag_rate must be between 0 and 1, got {flag_rate}")
+        from sklearn.covariance import LedoitWolf
+
         covariance = LedoitWolf().fit(train)
         fitted = cls(
             mean=covariance.location_.astype(np.float64),

@@ -72,7 +72,9 @@ __all__ = [
     "QualitySettings",
     "Rejection",
     "SplitReport",
+    "aspect_ratio",
     "default_expectations_dir",
+    "expectation_reason",
     "load_suite",
     "validate_manifest",
     "validate_split",
@@ -106,6 +108,9 @@ class QualitySettings(BaseModel):
     """Run-time values for the suites' ``$PARAMETER`` placeholders."""
 
     min_side: int = Field(default=64, ge=1, description="Shortest allowed image side (px).")
+    max_aspect_ratio: float = Field(
+        default=2.5, ge=1.0, description="Largest allowed long side / short side of an image."
+    )
     min_rows: int = Field(default=10, ge=0, description="Fewest accepted images.")
     max_rows: int = Field(default=1_000_000, ge=0, description="Most accepted images.")
     allowed_formats: list[str] = Field(
@@ -851,7 +856,7 @@ def _failing_rows(
     return [
         (
             entry["key"],
-            _reason(
+            expectation_reason(
                 config.type,
                 config.kwargs,
                 config.meta,
@@ -864,7 +869,7 @@ def _failing_rows(
     ]
 
 
-def _reason(
+def expectation_reason(
     expectation: str,
     kwargs: dict[str, Any],
     meta: dict[str, Any] | None,
@@ -1009,7 +1014,17 @@ def _normalized(manifest: pd.DataFrame) -> pd.DataFrame:
     for column in ("width", "height", "bytes"):
         frame[column] = pd.to_numeric(frame[column]).astype("Int64")
     frame["decodable"] = [_as_bool(v) for v in frame["decodable"]]
+    frame["aspect_ratio"] = [
+        aspect_ratio(w, h) for w, h in zip(frame["width"], frame["height"], strict=True)
+    ]
     return frame
+
+
+def aspect_ratio(width: Any, height: Any) -> float | None:
+    """Long side / short side, to two decimals; None when a side is unknown or zero."""
+    if _missing(width) or _missing(height) or min(width, height) <= 0:
+        return None
+    return round(max(width, height) / min(width, height), 2)
 
 
 def _as_bool(value: Any) -> bool:

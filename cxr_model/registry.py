@@ -132,6 +132,12 @@ class ModelCard(BaseModel):
         description="Held-out-source and within-source evidence "
         "(cxr_model.generalisation.Generalisation); None on versions registered before it.",
     )
+    ood: dict | None = Field(
+        default=None,
+        description="The version's out-of-distribution check (cxr_model.ood.OodCheck: its "
+        "attached file and sha256, threshold, and the share of Val and Holdout it flags); None "
+        "when it has none (an ensemble, or registered before it existed).",
+    )
 
 
 class AliasMove(BaseModel):
@@ -449,6 +455,23 @@ class Registry:
                 f"{self.store.uri(key)} is already attached; versions never change"
             ) from exc
         return key
+
+    def attachment(self, version: int, name: str, sha256: str) -> bytes:
+        """A file attached to ``version``, verified against the ``sha256`` its card records."""
+        key = f"{self._version_prefix(version)}/{name}"
+        stored = self.store.get_with_etag(key)
+        if stored is None:
+            raise RegistryError(
+                f"{self.store.uri(key)} is missing, but the card of version {version} names it"
+            )
+        data = stored[0]
+        found = hashlib.sha256(data).hexdigest()
+        if found != sha256:
+            raise RegistryError(
+                f"{self.store.uri(key)} has sha256 {found}, but the card of version {version} "
+                f"says {sha256}: refusing to use it"
+            )
+        return data
 
     def card(self, version: int) -> ModelCard:
         """The card of ``version``; RegistryError when it has none or it cannot be parsed."""

@@ -63,10 +63,18 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 from botocore.exceptions import ClientError
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
-from cxr_model.images import LEGACY_PREPROCESSING, ImageError, Preprocessing, to_model_input
+from cxr_model.image_checks import ImageChecks, scoring_facts
+from cxr_model.images import (
+    LEGACY_PREPROCESSING,
+    ImageError,
+    Preprocessing,
+    image_header,
+    to_model_input,
+)
 from cxr_model.memory import ByteBudget
+from cxr_model.ood import FeatureDistance, with_features
 from cxr_model.safe_text import spreadsheet_cell
 from cxr_model.sources import (
     FetchError,
@@ -91,8 +99,17 @@ PREDICTION_COLUMNS = [
     "status",
     "error",
     "reused",
+    "ood_score",
+    "in_distribution",
 ]
 OK, ERROR = "ok", "error"
+REJECTED = "rejected"  # fails a per-image expectation of the image suite: not predicted
+OUT_OF_DISTRIBUTION = "out_of_distribution"  # predicted, but unlike every training image
+SKIPPED = "skipped"  # a link, FIFO, socket or device: not read
+STATUSES = (OK, OUT_OF_DISTRIBUTION, REJECTED, ERROR, SKIPPED)
+SKIP_REASON = "skipped:"
+FOLDER_OOD_SHARE = 0.5
+"""Share of a run's predicted images out of distribution at which the run itself is flagged."""
 COVID, NORMAL = "covid", "normal"
 SCORES_PREFIX = "scores"
 BATCHES_FOLDER = "batches"
@@ -111,8 +128,9 @@ BYTES_IN_FLIGHT = ByteBudget(MAX_BYTES_IN_FLIGHT)
 hashed as it streams by, its bytes let go, and read again when it is decoded; so a folder of
 large files costs reads, not memory."""
 
-Predict = Callable[[np.ndarray], np.ndarray]
-"""Pixels ``(n, size, size, 3)`` → covid probabilities ``(n,)``."""
+Predict = Callable[[np.ndarray], "np.ndarray | tuple[np.ndarray, np.ndarray]"]
+"""Pixels ``(n, size, size, 3)`` → covid probabilities ``(n,)``, or ``(probabilities, OOD
+scores)`` for a model with an out-of-distribution check (:mod:`cxr_model.ood`; above 1.0 is out)."""
 
 
 class ScoringError(ValueError):
@@ -129,6 +147,8 @@ class Prediction:
     status: str
     error: str | None
     reused: bool = False
+    ood_score: float | None = None
+    in_distribution: bool | None = None  # None: rejected, failed, or the model has no OOD check
 
 
 @dataclass(frozen=True)
@@ -136,7 +156,11 @@ class ScoreSummary:
     """What scoring did, in counts; summaries of chunks add up to the summary of a run.
 
     ``predicted`` counts images run through the model (distinct contents), ``reused`` rows whose
-    probability came from an earlier scoring, ``skipped`` files left out as already scored.
+    probability came from an earlier scoring or an earlier row of the same content, ``skipped``
+    files left out as already scored. ``by_status`` counts the rows by status (``ok``,
+    ``out_of_distribution``, ``rejected``, ``error``, ``skipped``); ``errors`` counts the rows
+    without a result for a reason of the file (``error`` and ``skipped``), ``scored`` those with a
+    probability (``ok`` and ``out_of_distribution``).
     """
 
     files: int = 0
@@ -147,6 +171,18 @@ class ScoreSummary:
     skipped: int = 0
     errors_by_reason: dict[str, int] = field(default_factory=dict)
     by_label: dict[str, int] = field(default_factory=dict)
+    by_status: dict[str, int] = field(default_factory=dict)
+    rejected_by_reason: dict[str, int] = field(default_factory=dict)
+    ood_checked: bool = False  # the model had an OOD check (otherwise in_distribution is empty)
+
+    @property
+    def out_of_distribution(self) -> int:
+        return self.by_status.get(OUT_OF_DISTRIBUTION, 0)
+
+    @property
+    def mostly_out_of_distribution(self) -> bool:
+        """Most predicted images of the run look like none of the training images."""
+        return self.scored > 0 and self.out_of_distribution >= FOLDER_OOD_SHARE * self.scored
 
     def __add__(self, other: ScoreSummary) -> ScoreSummary:
         counts = {
@@ -157,6 +193,11 @@ class ScoreSummary:
             **counts,
             errors_by_reason=dict(Counter(self.errors_by_reason) + Counter(other.errors_by_reason)),
             by_label=dict(Counter(self.by_label) + Counter(other.by_label)),
+            by_status=dict(Counter(self.by_status) + Counter(other.by_status)),
+            rejected_by_reason=dict(
+                Counter(self.rejected_by_reason) + Counter(other.rejected_by_reason)
+            ),
+            ood_checked=self.ood_checked or other.ood_checked,
         )
 
 
@@ -175,14 +216,16 @@ class StoredScore(BaseModel):
     probability_covid: float
     scored_at: str
     run: str
+    ood_score: float | None = None
 
 
 class ScoreBatch(BaseModel):
-    """The scores one chunk stored: probability by sha256, when, and by which run."""
+    """The scores one chunk stored: probability (and OOD score) by sha256, when, by which run."""
 
     run: str
     scored_at: str
     probabilities: dict[str, float]
+    ood_scores: dict[str, float] = Field(default_factory=dict)
 
 
 class ScoreStore:
@@ -200,7 +243,8 @@ class ScoreStore:
         self._lock = threading.Lock()
         self._batch_numbers: dict[str, int] = {}  # batch key → its position in _batches
         self._batches: list[tuple[str, str, str]] = []  # (key, run, scored_at)
-        self._best: dict[str, tuple[int, float]] = {}  # sha256 → (batch number, probability)
+        # sha256 → (batch number, probability, OOD score)
+        self._best: dict[str, tuple[int, float, float | None]] = {}
 
     def lookup(self, sha256s: Iterable[str]) -> dict[str, StoredScore]:
         """The stored scores of those of ``sha256s`` this version has scored, by sha256."""
@@ -208,7 +252,12 @@ class ScoreStore:
             self._catch_up()
             return {sha: self._stored(sha) for sha in set(sha256s) if sha in self._best}
 
-    def save(self, probabilities: Mapping[str, float], run: str) -> None:
+    def save(
+        self,
+        probabilities: Mapping[str, float],
+        run: str,
+        ood_scores: Mapping[str, float] | None = None,
+    ) -> None:
         """Store new scores as one create-only batch; with no scores nothing is written."""
         if not probabilities:
             return
@@ -217,6 +266,7 @@ class ScoreStore:
             run=run,
             scored_at=now.isoformat(timespec="seconds"),
             probabilities=dict(probabilities),
+            ood_scores=dict(ood_scores or {}),
         )
         key = f"{self.prefix}{now:%Y%m%dT%H%M%S%fZ}-{secrets.token_hex(BATCH_TOKEN_BYTES)}.json"
         self.store.put_bytes(
@@ -253,13 +303,17 @@ class ScoreStore:
         for sha256, probability in batch.probabilities.items():
             held = self._best.get(sha256)
             if held is None or key < self._batches[held[0]][0]:
-                self._best[sha256] = (number, probability)
+                self._best[sha256] = (number, probability, batch.ood_scores.get(sha256))
 
     def _stored(self, sha256: str) -> StoredScore:
-        number, probability = self._best[sha256]
+        number, probability, ood_score = self._best[sha256]
         _, run, scored_at = self._batches[number]
         return StoredScore(
-            sha256=sha256, probability_covid=probability, scored_at=scored_at, run=run
+            sha256=sha256,
+            probability_covid=probability,
+            scored_at=scored_at,
+            run=run,
+            ood_score=ood_score,
         )
 
 
@@ -319,9 +373,11 @@ def read_input(path: str, store: ObjectStore) -> bytes:
         return read_capped(stream, path)
 
 
-def keras_predictor(model: keras.Model) -> Predict:
+def keras_predictor(model: keras.Model, ood: FeatureDistance | None = None) -> Predict:
     """:data:`Predict` for a Keras model: ``predict_on_batch`` on batches of at most
-    :data:`PREDICT_BATCH`, one batch at a time.
+    :data:`PREDICT_BATCH`, one batch at a time. With ``ood`` (the version's fitted
+    out-of-distribution check) the same pass also gives the penultimate features, and each image
+    gets its OOD score with its probability.
 
     ``predict_on_batch`` skips what ``model.predict`` sets up on every call (a data adapter, an
     iterator, callbacks). A last, smaller batch is padded to :func:`padded_size` rather than to a
@@ -330,17 +386,23 @@ def keras_predictor(model: keras.Model) -> Predict:
     their reading and decoding go on.
     """
     lock = threading.Lock()
+    network = model if ood is None else with_features(model)
 
-    def predict(pixels: np.ndarray) -> np.ndarray:
-        probabilities = [np.empty(0, np.float32)]
+    def predict(pixels: np.ndarray) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        probabilities, scores = [np.empty(0, np.float32)], [np.empty(0)]
         for start in range(0, len(pixels), PREDICT_BATCH):
             batch = pixels[start : start + PREDICT_BATCH].astype(np.float32, copy=False)
             padding = np.zeros((padded_size(len(batch)) - len(batch), *batch.shape[1:]), np.float32)
             whole = np.concatenate([batch, padding]) if len(padding) else batch
             with lock:
-                predicted = model.predict_on_batch(whole)
+                predicted = network.predict_on_batch(whole)
+            if ood is not None:
+                predicted, features = predicted
+                scores.append(ood.scores(np.asarray(features)[: len(batch)]))
             probabilities.append(np.asarray(predicted).reshape(-1)[: len(batch)])
-        return np.concatenate(probabilities)
+        if ood is None:
+            return np.concatenate(probabilities)
+        return np.concatenate(probabilities), np.concatenate(scores)
 
     return predict
 
@@ -394,12 +456,29 @@ def _contents(file: _File, store: ObjectStore) -> bytes:
     return data
 
 
+@dataclass(frozen=True)
+class _Rejected:
+    """Why the image suite refuses an image (its expectations' reasons)."""
+
+    reasons: list[str]
+
+
 def _decode(
-    file: _File, store: ObjectStore, image_size: int, preprocessing: Preprocessing
-) -> np.ndarray | str:
-    """The model input of a file's bytes, or why it cannot be one."""
+    file: _File,
+    store: ObjectStore,
+    image_size: int,
+    preprocessing: Preprocessing,
+    checks: ImageChecks | None,
+) -> np.ndarray | str | _Rejected:
+    """The model input of a file's bytes, why the image suite refuses it, or why it cannot be
+    one (an error)."""
     try:
         data = _contents(file, store)
+        header = image_header(data) if checks is not None else None
+        if header is not None and checks is not None:
+            reasons = checks.failures(scoring_facts(*header, len(data)))
+            if reasons:
+                return _Rejected(reasons)
         return to_model_input(data, image_size, name=file.path, preprocessing=preprocessing)
     except (OSError, ImageError) as exc:
         return _why(exc)
@@ -420,20 +499,31 @@ def _decoded(
     store: ObjectStore,
     image_size: int,
     preprocessing: Preprocessing,
-) -> Iterator[tuple[str, np.ndarray | str]]:
+    checks: ImageChecks | None,
+) -> Iterator[tuple[str, np.ndarray | str | _Rejected]]:
     """``(sha256, model input or why not)`` of each file in ``new``, in order, emptying ``new``.
 
     At most :data:`DECODE_AHEAD` files are decoded ahead of the caller, and a file's bytes are let
     go once it is decoded, so a chunk holds its files' bytes but only a few decoded images.
     """
-    pending: deque[tuple[str, Future[np.ndarray | str]]] = deque()
+    pending: deque[tuple[str, Future[np.ndarray | str | _Rejected]]] = deque()
     while new or pending:
         while new and len(pending) < DECODE_AHEAD:
             file = new.popleft()
-            decoding = pool.submit(_decode, file, store, image_size, preprocessing)
+            decoding = pool.submit(_decode, file, store, image_size, preprocessing, checks)
             pending.append((file.sha256, decoding))
         sha256, decoding = pending.popleft()
         yield sha256, decoding.result()
+
+
+@dataclass
+class _NewScores:
+    """What a chunk learnt about its new contents, by sha256."""
+
+    probabilities: dict[str, float] = field(default_factory=dict)
+    ood_scores: dict[str, float] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)  # why it could not be decoded
+    rejected: dict[str, list[str]] = field(default_factory=dict)  # the image suite's reasons
 
 
 def _predict_new(
@@ -442,32 +532,39 @@ def _predict_new(
     predict: Predict,
     image_size: int,
     preprocessing: Preprocessing,
-) -> tuple[dict[str, float], dict[str, str]]:
-    """Probabilities of the ``new`` contents by sha256, and why the others could not be decoded.
+    checks: ImageChecks | None,
+) -> _NewScores:
+    """Probabilities (and OOD scores) of the ``new`` contents, and why others were refused or
+    could not be decoded.
 
     The contents are decoded in threads while each whole batch decoded so far is predicted.
     """
-    probabilities: dict[str, float] = {}
-    failed: dict[str, str] = {}
+    found = _NewScores()
     waiting: list[tuple[str, np.ndarray]] = []
 
     def predict_waiting() -> None:
         batch = np.stack([pixels for _, pixels in waiting]).astype(np.float32)
-        for (sha256, _), probability in zip(waiting, predict(batch), strict=True):
-            probabilities[sha256] = float(probability)
+        predicted = predict(batch)
+        probabilities, scores = predicted if isinstance(predicted, tuple) else (predicted, None)
+        for n, ((sha256, _), probability) in enumerate(zip(waiting, probabilities, strict=True)):
+            found.probabilities[sha256] = float(probability)
+            if scores is not None:
+                found.ood_scores[sha256] = float(scores[n])
         waiting.clear()
 
     with ThreadPoolExecutor(max_workers=DECODE_THREADS) as pool:
-        for sha256, pixels in _decoded(new, pool, store, image_size, preprocessing):
+        for sha256, pixels in _decoded(new, pool, store, image_size, preprocessing, checks):
             if isinstance(pixels, str):
-                failed[sha256] = pixels
-                continue
-            waiting.append((sha256, pixels))
-            if len(waiting) == PREDICT_BATCH:
-                predict_waiting()
+                found.failed[sha256] = pixels
+            elif isinstance(pixels, _Rejected):
+                found.rejected[sha256] = pixels.reasons
+            else:
+                waiting.append((sha256, pixels))
+                if len(waiting) == PREDICT_BATCH:
+                    predict_waiting()
     if waiting:
         predict_waiting()
-    return probabilities, failed
+    return found
 
 
 def score_chunk(
@@ -481,11 +578,16 @@ def score_chunk(
     run: str,
     only_new: bool = False,
     preprocessing: Preprocessing = LEGACY_PREPROCESSING,
+    checks: ImageChecks | None = None,
 ) -> ChunkScores:
     """Rows for ``paths`` in input order, predicting only contents ``scores`` does not hold.
 
-    New scores are stored (as ``run``) before this returns. With ``only_new``, files whose content
-    another run scored are left out (counted as skipped).
+    ``checks`` (the image suite's per-image expectations, with the model's quality settings)
+    refuses images training would have quarantined: they get ``status=rejected`` and the reasons,
+    and no probability. A model with an OOD check gives each prediction an ``ood_score``; one
+    above 1.0 is ``status=out_of_distribution``, with its probability but no label. New scores are
+    stored (as ``run``) before this returns. With ``only_new``, files whose content another run
+    scored are left out (counted as skipped).
     """
     with ThreadPoolExecutor(max_workers=PARALLEL_READS) as pool:
         files = list(pool.map(lambda path: _read(path, store), paths))
@@ -497,57 +599,106 @@ def score_chunk(
         BYTES_IN_FLIGHT.give(held - decoding)
         held = decoding
         files = [replace(file, data=None) for file in files]  # bytes stay only until decoded
-        fresh, failed = _predict_new(new, store, predict, image_size, preprocessing)
+        fresh = _predict_new(new, store, predict, image_size, preprocessing, checks)
     finally:
         BYTES_IN_FLIGHT.give(held)
-    scores.save(fresh, run)
+    scores.save(fresh.probabilities, run, fresh.ood_scores)
     rows: list[Prediction] = []
+    seen: set[str] = set()  # contents that already have a row: later rows reuse that result
     for file in files:
-        error = file.error or failed.get(file.sha256)
-        if error is not None:
-            rows.append(
-                Prediction(file.path, file.sha256, None, None, scores.version, ERROR, error)
-            )
-            continue
         found = stored.get(file.sha256)
         if only_new and found is not None and found.run != run:
             continue
-        probability = found.probability_covid if found else fresh[file.sha256]
-        label = COVID if probability >= threshold else NORMAL
-        rows.append(
-            Prediction(
-                file.path,
-                file.sha256,
-                probability,
-                label,
-                scores.version,
-                OK,
-                None,
-                found is not None,
-            )
-        )
-    summary = summarise(rows, predicted=len(fresh), skipped=len(paths) - len(rows))
+        rows.append(_row(file, found, fresh, scores.version, threshold, file.sha256 in seen))
+        seen.add(file.sha256)
+    summary = summarise(rows, predicted=len(fresh.probabilities), skipped=len(paths) - len(rows))
     return ChunkScores(rows, summary)
+
+
+def _row(
+    file: _File,
+    found: StoredScore | None,
+    fresh: _NewScores,
+    version: int,
+    threshold: float,
+    seen: bool,
+) -> Prediction:
+    """One file's row: an error, a rejection, or a probability (stored, or new in this chunk)."""
+    error = file.error or fresh.failed.get(file.sha256)
+    if error is not None:
+        status = SKIPPED if error.startswith(SKIP_REASON) else ERROR
+        return Prediction(file.path, file.sha256, None, None, version, status, error)
+    if file.sha256 in fresh.rejected:
+        reasons = "; ".join(fresh.rejected[file.sha256])
+        return Prediction(file.path, file.sha256, None, None, version, REJECTED, reasons)
+    if found is not None:
+        probability, ood_score = found.probability_covid, found.ood_score
+    else:
+        probability, ood_score = fresh.probabilities[file.sha256], fresh.ood_scores.get(file.sha256)
+    inside = None if ood_score is None else bool(ood_score <= 1.0)
+    label = COVID if probability >= threshold else NORMAL
+    return Prediction(
+        file.path,
+        file.sha256,
+        probability,
+        label if inside is not False else None,
+        version,
+        OK if inside is not False else OUT_OF_DISTRIBUTION,
+        None,
+        reused=found is not None or seen,
+        ood_score=ood_score,
+        in_distribution=inside,
+    )
 
 
 def summarise(
     predictions: list[Prediction], *, predicted: int = 0, skipped: int = 0
 ) -> ScoreSummary:
     """Counts of a list of rows; ``predicted`` and ``skipped`` are what the rows cannot tell."""
-    errors = [p for p in predictions if p.status == ERROR]
+    failed = [p for p in predictions if p.status in (ERROR, SKIPPED)]
     # group reasons by their kind (text before the first colon) so counts stay readable
-    reasons = Counter((p.error or "unknown").split(":")[0] for p in errors)
+    reasons = Counter((p.error or "unknown").split(":")[0] for p in failed)
+    refused = Counter(kind for p in predictions if p.status == REJECTED for kind in _kinds(p.error))
     labels = Counter(p.predicted_label for p in predictions if p.status == OK)
+    statuses = Counter(p.status for p in predictions)
     return ScoreSummary(
         files=len(predictions),
-        scored=len(predictions) - len(errors),
-        errors=len(errors),
+        scored=statuses[OK] + statuses[OUT_OF_DISTRIBUTION],
+        errors=len(failed),
         predicted=predicted,
         reused=sum(p.reused for p in predictions),
         skipped=skipped,
         errors_by_reason=dict(reasons),
         by_label={str(k): v for k, v in labels.items()},
+        by_status=dict(statuses),
+        rejected_by_reason=dict(refused),
+        ood_checked=any(p.in_distribution is not None for p in predictions),
     )
+
+
+def distribution_warning(summary: ScoreSummary) -> str | None:
+    """A loud line when the run's images mostly look like none of the training images, or when
+    the model could not tell (no OOD check); None otherwise."""
+    if summary.scored and not summary.ood_checked:
+        return (
+            "this model version has no out-of-distribution check: its probabilities are given "
+            "even for images unlike any it was trained on (retrain to add one)"
+        )
+    if summary.mostly_out_of_distribution:
+        return (
+            f"{summary.out_of_distribution} of {summary.scored} predicted images look like none "
+            "of the training images: the model's probabilities do not apply to this folder"
+        )
+    return None
+
+
+def _kinds(reasons: str | None) -> list[str]:
+    """The kinds of a rejection's reasons: ``shorter side``, ``aspect ratio``, ``format``…"""
+    kinds = []
+    for reason in (reasons or "").split("; "):
+        words = reason.split(" ")
+        kinds.append(" ".join(words[:2]) if words[0] in {"shorter", "aspect"} else words[0])
+    return kinds
 
 
 def predictions_frame(predictions: list[Prediction]) -> pd.DataFrame:
@@ -571,6 +722,8 @@ PARQUET_SCHEMA = pa.schema(
         ("status", pa.string()),
         ("error", pa.string()),
         ("reused", pa.bool_()),
+        ("ood_score", pa.float64()),
+        ("in_distribution", pa.bool_()),
     ]
 )
 

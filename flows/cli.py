@@ -208,6 +208,29 @@ def _print_retrain(r) -> None:
     console.print(f"model card:          {reg.card_uri}")
 
 
+def _print_score_summary(summary: dict, version: int | None) -> None:
+    """Rows by status, the kinds of errors and rejections, and a loud line when the model's
+    probabilities do not apply (mostly out of distribution, or no OOD check)."""
+    from cxr_model.scoring import ScoreSummary, distribution_warning
+
+    s = ScoreSummary(**summary)
+    by = s.by_status
+    errors = ", ".join(f"{reason}: {count}" for reason, count in s.errors_by_reason.items())
+    rejected = ", ".join(f"{reason}: {count}" for reason, count in s.rejected_by_reason.items())
+    console.print(
+        f"{s.files} files: {by.get('ok', 0)} ok, {s.out_of_distribution} out of distribution, "
+        f"{by.get('rejected', 0)} rejected"
+        + (f" ({_shown(rejected)})" if rejected else "")
+        + f", {by.get('error', 0) + by.get('skipped', 0)} errors"
+        + (f" ({_shown(errors)})" if errors else "")
+        + f"; model version {version}",
+        highlight=False,
+    )
+    warning = distribution_warning(s)
+    if warning:
+        console.print(f"[bold red]WARNING: {_shown(warning)}[/bold red]", highlight=False)
+
+
 @app.command()
 def demo(
     verbose: Verbose = False,
@@ -236,11 +259,10 @@ def demo(
     console.print(
         f"data docs:           {r.quality.docs_uri}  (local: file://{r.quality.docs_local})"
     )
-    errors = result.score.summary["errors"]
+    _print_score_summary(result.score.summary, result.score.model_version)
     console.print(
         f"predictions:         {result.score.predictions_uri} "
-        f"({result.score.summary['scored']} scored, {errors} error{'' if errors == 1 else 's'}; "
-        f"Parquet: {result.score.predictions_parquet_uri})"
+        f"(Parquet: {result.score.predictions_parquet_uri})"
     )
     console.print(_ui_hint())
 
@@ -380,15 +402,9 @@ def score(
     if result.model_version is None:  # no champion yet: nothing was scored
         console.print(_shown(result.message))
         return
-    s = result.summary
-    reasons = ", ".join(f"{reason}: {count}" for reason, count in s["errors_by_reason"].items())
+    _print_score_summary(result.summary, result.model_version)
     console.print(
-        f"{s['files']} files found, {s['scored']} scored, {s['errors']} errors"
-        + (f" ({_shown(reasons)})" if reasons else "")
-        + f"; model version {result.model_version}"
-    )
-    console.print(
-        f"{s['predicted']} predicted now, {s['reused']} reused from earlier scoring, "
+        f"{result.summary['predicted']} predicted now, {result.summary['reused']} reused, "
         f"in {result.seconds:.1f} s"
     )
     console.print(

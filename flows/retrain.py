@@ -112,6 +112,8 @@ def retrain(params: RetrainParams) -> State:
         quality.report_key,
         quality.accepted_key,
         params.model_dump(),
+        assessed.ood,
+        assessed.ood_key,
     )
     result = RetrainResult(
         ingest=images,

@@ -45,7 +45,7 @@ from prefect_dask import DaskTaskRunner
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from cxr_model.registry import CHAMPION
-from cxr_model.scoring import ScoreSummary, chunked, list_inputs
+from cxr_model.scoring import REJECTED, ScoreSummary, chunked, distribution_warning, list_inputs
 from tasks.common import run_prefix, say, store
 from tasks.scoring import (
     ChunkResult,
@@ -231,6 +231,14 @@ def score_chunks(
 def _message(summary: ScoreSummary, model: ModelChoice) -> str:
     """The final state message: what was scored, and how many files could not be."""
     text = f"scored {summary.scored} of {summary.files} files with {model.name} v{model.version}"
+    warning = distribution_warning(summary)
+    if warning:
+        text = f"WARNING: {warning}; {text}"
+    if summary.out_of_distribution:
+        text += f"; {summary.out_of_distribution} out of distribution (no label)"
+    rejected = summary.by_status.get(REJECTED, 0)
+    if rejected:
+        text += f"; {rejected} rejected by the image checks"
     if summary.errors:
         reasons = ", ".join(f"{k}: {v}" for k, v in sorted(summary.errors_by_reason.items()))
         plural = "" if summary.errors == 1 else "s"

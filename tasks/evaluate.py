@@ -31,8 +31,9 @@ from cxr_model.generalisation import (
     honest_line,
 )
 from cxr_model.images import Preprocessing
+from cxr_model.ood import OOD_FILE, FeatureDistance, OodCheck, with_features
 from cxr_model.registry import CHAMPION, RegistryError
-from cxr_model.split import HOLDOUT, VAL, load_split
+from cxr_model.split import HOLDOUT, TRAIN, VAL, load_split
 from cxr_model.train import TrainParams
 from tasks.common import TRANSIENT_RETRIES, artifact_key, say, store
 from tasks.registry import ChampionEvaluation, registry
@@ -45,11 +46,16 @@ TABLE_METRICS = ["n_images", *HEADLINE]
 
 
 class ModelEvaluation(BaseModel):
-    """The internal Val evaluation and the evidence from unseen sources, with the report."""
+    """The internal Val evaluation and the evidence from unseen sources, with the report; and
+    the model's out-of-distribution check, fitted on Train and calibrated on Val, staged at
+    ``ood_key`` (None, with ``ood_note`` saying why, when it could not be fitted)."""
 
     internal: Evaluation
     generalisation: Generalisation
     report_uri: str
+    ood: OodCheck | None = None
+    ood_key: str | None = None
+    ood_note: str = ""
 
 
 class Predictions(BaseModel):
@@ -72,24 +78,53 @@ def predict_splits(
     image_size: int,
     preprocessing: Preprocessing,
     splits: tuple[str, ...] = (VAL, HOLDOUT),
+    features: dict[str, np.ndarray] | None = None,
 ) -> Predictions:
-    """The model's predictions on the named splits of the dataset (a missing split gives none)."""
+    """The model's predictions on the named splits of the dataset (a missing split gives none).
+
+    With a ``features`` dict, the same pass also fills it with each split's penultimate features
+    (:func:`cxr_model.ood.with_features`), and the predictions leave out ``Train``.
+    """
     frame = load_split(store(), dataset.split_key).set_index("dataset_key")
     present = [split for split in splits if (frame["split"] == split).any()]
+    network = with_features(model) if features is not None else model
     found = Predictions(labels=[], probabilities=[], sources=[], splits=[])
     for split, arrays in zip(
         present,
         split_arrays(dataset, image_size, *present, preprocessing=preprocessing),
         strict=True,
     ):
-        probabilities = model.predict(
+        output = network.predict(
             arrays.images.astype("float32"), batch_size=PREDICT_BATCH, verbose=0
-        ).reshape(-1)
+        )
+        if features is not None:
+            output, features[split] = output
+        if split == TRAIN:
+            continue
         found.labels += arrays.labels.tolist()
-        found.probabilities += probabilities.tolist()
+        found.probabilities += np.asarray(output).reshape(-1).tolist()
         found.sources += [str(s) for s in frame.loc[arrays.keys, "source"]]
         found.splits += [split] * len(arrays)
     return found
+
+
+def fit_ood_check(features: dict[str, np.ndarray], key: str) -> tuple[OodCheck | None, str]:
+    """The OOD detector fitted on Train's features and calibrated on Val's, stored at ``key``;
+    with the share of each other split it flags. (None, why) when it cannot be fitted."""
+    if TRAIN not in features or VAL not in features:
+        return None, "no out-of-distribution check: the dataset has no Train or no Val images"
+    try:
+        detector = FeatureDistance.fit(features[TRAIN], features[VAL])
+    except ValueError as exc:
+        return None, f"no out-of-distribution check: {exc}"
+    flagged = {
+        split: round(float(np.mean(detector.scores(values) > 1.0)), 4)
+        for split, values in features.items()
+        if split != TRAIN
+    }
+    data = detector.to_bytes()
+    store().put_bytes(key, data)
+    return OodCheck.of(data, detector, flagged), ""
 
 
 def staged_model(model_key: str) -> keras.Model:
@@ -119,9 +154,23 @@ def evaluate_model(
 ) -> ModelEvaluation:
     """AUC with its CI and the threshold metrics on Val, and the same on the held-out sources and
     within sources (the honest estimates); plots and a report in the store."""
+    model = staged_model(model_key)
+    features: dict[str, np.ndarray] | None = {}
+    try:
+        with_features(model)
+    except ValueError as exc:  # an ensemble: evaluated without an OOD check
+        features, ood, ood_note = None, None, f"no out-of-distribution check: {exc}"
     predictions = predict_splits(
-        staged_model(model_key), dataset, training.image_size, training.preprocessing
+        model,
+        dataset,
+        training.image_size,
+        training.preprocessing,
+        splits=(TRAIN, VAL, HOLDOUT) if features is not None else (VAL, HOLDOUT),
+        features=features,
     )
+    if features is not None:
+        ood, ood_note = fit_ood_check(features, f"{run_prefix}/{OOD_FILE}")
+    say(_ood_line(ood) if ood else ood_note)
     evaluation = _evaluate_val(predictions, rule)
     found = assess_generalisation(
         labels=np.asarray(predictions.labels),
@@ -144,7 +193,22 @@ def evaluate_model(
     )
     say(f"validation: {_headline(evaluation)}; report {report_uri}")
     say(honest_line(evaluation, found))
-    return ModelEvaluation(internal=evaluation, generalisation=found, report_uri=report_uri)
+    return ModelEvaluation(
+        internal=evaluation,
+        generalisation=found,
+        report_uri=report_uri,
+        ood=ood,
+        ood_key=f"{run_prefix}/{OOD_FILE}" if ood else None,
+        ood_note=ood_note,
+    )
+
+
+def _ood_line(ood: OodCheck) -> str:
+    shares = ", ".join(f"{share:.0%} of {split}" for split, share in ood.flagged.items())
+    return (
+        f"out-of-distribution check fitted on {ood.n_train} Train images; it flags {shares} "
+        f"(threshold set so that {ood.flag_rate:.0%} of Val is flagged)"
+    )
 
 
 def write_report(

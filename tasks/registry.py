@@ -15,6 +15,7 @@ from cxr_model.evaluate import Evaluation
 from cxr_model.gate import GateDecision, GateSettings, decide, gate_markdown
 from cxr_model.generalisation import Generalisation
 from cxr_model.manifest import read_csv
+from cxr_model.ood import OodCheck
 from cxr_model.quality import QualityReport
 from cxr_model.registry import Registry
 from tasks.common import TRANSIENT_RETRIES, artifact_key, say, store
@@ -84,12 +85,16 @@ def register_model(
     quality_report_key: str,
     accepted_key: str,
     parameters: dict,
+    ood: OodCheck | None = None,
+    ood_key: str | None = None,
 ) -> RegisteredModel:
     """Register the model, then let the gate decide: ``champion`` or ``candidate``, with a reason.
 
     ``champion`` is the current champion's version and its metrics on the same Val split (or why
     it cannot be loaded, which keeps the new model a candidate); ``generalisation`` the evidence
-    from unseen sources, which the gate requires when the shortcut audit flagged the data.
+    from unseen sources, which the gate requires when the shortcut audit flagged the data;
+    ``ood`` the out-of-distribution check staged at ``ood_key``, attached to the version before
+    any alias points at it (scoring with the version uses it).
 
     Safe to retry: the registration is named by the flow run, so a retry after a failed step
     (an alias move that got 503s) finishes the version it registered instead of adding another.
@@ -117,7 +122,10 @@ def register_model(
         dataset_id=dataset.dataset_id,
         notes=[f"gate: {decision.reason}"],
         generalisation=generalisation.model_dump(),
+        ood=ood.model_dump() if ood else None,
     )
+    if ood is not None and ood_key is not None:
+        models.attach(card.version, ood.file, objects.get_bytes(ood_key))
     models.set_alias(decision.alias, card.version, reason=decision.reason)
     markdown = render_model_card(
         card,

@@ -10,7 +10,10 @@ from pydantic import BaseModel
 
 from cxr_model import scoring
 from cxr_model.config import get_settings
+from cxr_model.image_checks import ImageChecks
 from cxr_model.images import LEGACY_PREPROCESSING, Preprocessing
+from cxr_model.ood import FeatureDistance, OodCheck
+from cxr_model.quality import QualitySettings
 from cxr_model.registry import CHAMPION, ModelCard
 from tasks.common import TRANSIENT_RETRIES, artifact_key, say, store
 from tasks.registry import registry
@@ -26,6 +29,8 @@ class ModelChoice(BaseModel):
     image_size: int
     threshold: float
     preprocessing: Preprocessing = LEGACY_PREPROCESSING
+    quality: QualitySettings = QualitySettings()  # the per-image checks' settings of its training
+    ood_checked: bool = False  # the version has an out-of-distribution check
 
 
 class ChunkResult(BaseModel):
@@ -37,8 +42,18 @@ class ChunkResult(BaseModel):
 
 @lru_cache(maxsize=2)
 def _load_cached(settings_json: str, version: int) -> tuple[scoring.Predict, ModelCard]:
-    model, card = registry().load(version)
-    return scoring.keras_predictor(model), card
+    models = registry()
+    model, card = models.load(version)
+    ood = None
+    if card.ood:  # verified against the card's sha256 like the model file
+        check = OodCheck.model_validate(card.ood)
+        ood = FeatureDistance.from_bytes(models.attachment(version, check.file, check.sha256))
+    return scoring.keras_predictor(model, ood), card
+
+
+@lru_cache(maxsize=4)
+def _checks(quality_json: str) -> ImageChecks:
+    return ImageChecks.from_suite(QualitySettings.model_validate_json(quality_json))
 
 
 def _loaded(version: int) -> tuple[scoring.Predict, ModelCard]:
@@ -79,6 +94,8 @@ def resolve_model(ref: str, threshold: float | None) -> ModelChoice | None:
         image_size=int(card.parameters["training"]["image_size"]),
         preprocessing=Preprocessing.of_model(card.parameters["training"]),
         threshold=card.threshold if threshold is None else threshold,
+        quality=QualitySettings.model_validate(card.parameters.get("quality", {})),
+        ood_checked=card.ood is not None,
     )
 
 
@@ -96,6 +113,7 @@ def score_chunk(
         predict,
         image_size=model.image_size,
         preprocessing=model.preprocessing,
+        checks=_checks(model.quality.model_dump_json()),
         threshold=model.threshold,
         run=run,
         only_new=only_new,
@@ -114,16 +132,28 @@ def summary_markdown(
 ) -> str:
     """The run's summary for people: counts, model, speed and where the predictions are."""
     rate = (summary.files + summary.skipped) / seconds if seconds > 0 else 0.0
+    status = summary.by_status
     rows = [
         ("model", f"{model.name} version {model.version}, threshold {model.threshold:g}"),
-        ("files", f"{summary.files} in the table, {summary.skipped} skipped as already scored"),
-        ("scored", f"{summary.scored} ({_counts(summary.by_label)})"),
+        ("files", f"{summary.files} in the table, {summary.skipped} left out as already scored"),
+        ("ok", f"{status.get(scoring.OK, 0)} ({_counts(summary.by_label)})"),
+        (
+            "out of distribution",
+            f"{summary.out_of_distribution} (probability given, no label)"
+            if summary.ood_checked or not summary.scored
+            else "not checked: this version has no OOD check",
+        ),
+        ("rejected", f"{status.get(scoring.REJECTED, 0)} ({_counts(summary.rejected_by_reason)})"),
         ("errors", f"{summary.errors} ({_counts(summary.errors_by_reason)})"),
         ("predicted now", str(summary.predicted)),
-        ("reused from earlier scoring", str(summary.reused)),
+        ("reused (earlier scoring or the same content)", str(summary.reused)),
         ("time", f"{seconds:.1f} s, {rate:.1f} images/s"),
     ]
-    lines = [f"### {title}", "", "| | |", "|---|---|"]
+    lines = [f"### {title}", ""]
+    warning = scoring.distribution_warning(summary)
+    if warning:
+        lines += [f"**WARNING: {warning}**", ""]
+    lines += ["| | |", "|---|---|"]
     lines += [f"| {name} | {value} |" for name, value in rows]
     parquet = parquet_key_for(uri)
     return "\n".join([*lines, "", f"Predictions: `{uri}` (typed columns: `{parquet}`)"])

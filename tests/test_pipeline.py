@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +20,7 @@ import pytest
 from cxr_model.gate import GateSettings
 from cxr_model.manifest import read_csv
 from cxr_model.quality import QualitySettings
-from cxr_model.registry import CHAMPION
+from cxr_model.registry import CHAMPION, Registry
 from cxr_model.split import SplitParams
 from cxr_model.train import TrainParams
 
@@ -85,6 +86,13 @@ def test_retrain_then_score_real_xrays(
     assert set(predictions["model_version"]) == {"1"}
     probabilities = predictions["probability_covid"].astype(float)
     assert probabilities.between(0, 1).all()
+    # the version's OOD check was fitted with it, attached, and scored every image
+    models = Registry(store, settings.model_name, settings.cache_dir)
+    ood = models.card(1).ood
+    assert ood["n_train"] + ood["n_val"] == 76 and 0 < ood["flagged"]["Val"] <= 0.25
+    assert models.attachment(1, ood["file"], ood["sha256"])
+    assert predictions["ood_score"].astype(float).gt(0).all()
+    assert set(predictions["in_distribution"]) <= {"True", "False"}
 
     # a second run on the same data stores no new raw image and registers version 2; a gate it
     # cannot pass keeps it a candidate, with the reason on the card
@@ -129,4 +137,8 @@ def _check_cli(settings, tmp_path):
     )
     (inbox / "truncated.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
     (inbox / "readme.txt").write_text("not an x-ray")
-    assert "3 files found, 1 scored, 2 errors" in _cxr("score", str(inbox))
+    printed = _cxr("score", str(inbox))
+    # the x-ray is predicted (in or out of the training distribution), the other two are errors
+    assert re.search(
+        r"3 files: (1 ok, 0|0 ok, 1) out of distribution, 0 rejected, 2 errors", printed
+    )

@@ -81,7 +81,8 @@ UNDECODABLE = dict(
 ZERO_BYTES = dict(
     bytes=0, decodable=False, error="empty file", format=None, mode=None, width=None, height=None
 )
-TOO_SMALL = dict(width=40, height=300)
+TOO_SMALL = dict(width=40, height=60)
+STRIP = dict(width=2000, height=700)
 UNKNOWN_LABEL = dict(label="pneumonia")
 DUPLICATE = dict(duplicate_of="raw/0000.png", sha256=f"{0:064x}")
 LATERAL = dict(view="L")
@@ -109,12 +110,21 @@ def test_clean_manifest_passes_with_every_row_accepted(tmp_path: Path) -> None:
     [
         (UNDECODABLE, "not decodable: cannot identify image file"),
         (TOO_SMALL, "shorter side 40 px < 64 px"),
+        (STRIP, "aspect ratio 2.86 > 2.5 (long side / short side): not the shape of a chest x-ray"),
         (ZERO_BYTES, "empty file (0 bytes)"),
         (UNKNOWN_LABEL, "unknown label 'pneumonia' (expected one of: covid, normal)"),
         (DUPLICATE, "duplicate of raw/0000.png"),
         (LATERAL, "lateral/non-frontal view 'L'"),
     ],
-    ids=["undecodable", "too-small", "zero-bytes", "unknown-label", "duplicate", "lateral"],
+    ids=[
+        "undecodable",
+        "too-small",
+        "strip",
+        "zero-bytes",
+        "unknown-label",
+        "duplicate",
+        "lateral",
+    ],
 )
 def test_a_bad_row_is_quarantined_with_its_reason(
     tmp_path: Path, changes: dict[str, Any], reason: str
@@ -267,7 +277,7 @@ def test_suites_are_gx_suites_with_the_intended_severities() -> None:
 
     split = load_suite(default_expectations_dir() / f"{SPLIT_SUITE}.json")
 
-    assert images.name == IMAGE_SUITE and len(images.expectations) == 9
+    assert images.name == IMAGE_SUITE and len(images.expectations) == 10
     assert {e.severity.value for e in images.expectations} == {"warning"}
     assert dataset.name == DATASET_SUITE and len(dataset.expectations) == 6
     assert {e.severity.value for e in dataset.expectations} == {"critical"}

@@ -34,7 +34,7 @@ SECRET_MARKERS = ("X-Amz-Signature", "X-Amz-Credential", "Signature=")
 
 
 def png(seed: int) -> bytes:
-    pixels = np.random.default_rng(seed).integers(0, 255, (48, 40), dtype=np.uint8)
+    pixels = np.random.default_rng(seed).integers(0, 255, (80, 72), dtype=np.uint8)
     buffer = io.BytesIO()
     Image.fromarray(pixels, mode="L").save(buffer, format="PNG")
     return buffer.getvalue()

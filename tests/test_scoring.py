@@ -18,6 +18,7 @@ from cxr_model.scoring import (
     ERROR,
     OK,
     PREDICT_BATCH,
+    SKIPPED,
     ScoreBatch,
     ScoreStore,
     ScoreSummary,
@@ -90,7 +91,7 @@ def test_every_file_gets_a_row_in_input_order(tmp_path, store, model):
 
     score, _ = scorer(store, model, version=3)
     predictions = score(paths).predictions
-    assert [p.status for p in predictions] == [OK, ERROR, ERROR, ERROR, OK]
+    assert [p.status for p in predictions] == [OK, ERROR, SKIPPED, ERROR, OK]
     assert predictions[1].error == "empty file (0 bytes)"
     assert predictions[2].error == f"skipped: symbolic link not followed: {tmp_path}/link.png"
     assert predictions[3].error.startswith("not an image")
@@ -126,15 +127,16 @@ def test_fifos_sockets_links_and_swapped_files_get_rows_without_hanging(tmp_path
     }
     assert rows == {
         "a.png": (OK, None),
-        "fifo.png": (ERROR, f"skipped: not a regular file (a FIFO): {folder}/fifo.png"),
-        "linked-folder": (ERROR, f"skipped: symbolic link not followed: {folder}/linked-folder"),
+        "fifo.png": (SKIPPED, f"skipped: not a regular file (a FIFO): {folder}/fifo.png"),
+        "linked-folder": (SKIPPED, f"skipped: symbolic link not followed: {folder}/linked-folder"),
         "sock.png": (
-            ERROR,
+            SKIPPED,
             f"skipped: not a regular file (a socket or device): {folder}/sock.png",
         ),
-        "swapped.png": (ERROR, f"skipped: not a regular file (a FIFO): {folder}/swapped.png"),
+        "swapped.png": (SKIPPED, f"skipped: not a regular file (a FIFO): {folder}/swapped.png"),
     }
     assert scored.summary.errors_by_reason == {"skipped": 4}
+    assert scored.summary.by_status == {OK: 1, SKIPPED: 4}
 
 
 def test_scoring_caps_file_size_as_ingest_does(tmp_path, store, model, monkeypatch):
@@ -201,6 +203,9 @@ def test_same_content_at_two_paths_is_predicted_once(tmp_path, store, model):
     assert counting.images == 2 and scored.summary.predicted == 2
     assert rows["a.png"].sha256 == rows["copy-of-a.png"].sha256
     assert rows["a.png"].probability_covid == rows["copy-of-a.png"].probability_covid
+    # the first row of the content was predicted; the copy reuses that prediction, and says so
+    assert [rows[n].reused for n in ("a.png", "b.png", "copy-of-a.png")] == [False, False, True]
+    assert scored.summary.reused == 1
 
 
 def test_stored_scores_are_reused_with_any_threshold(tmp_path, store, model):
