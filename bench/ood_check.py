@@ -32,7 +32,7 @@ from PIL import Image  # noqa: E402
 
 from cxr_model.images import Preprocessing, to_model_input  # noqa: E402
 from cxr_model.model import build_model  # noqa: E402
-from cxr_model.ood import FeatureDistance, feature_extractor  # noqa: E402
+from cxr_model.ood import OodDetector, feature_extractor, thumbnails  # noqa: E402
 from cxr_model.scoring import keras_predictor  # noqa: E402
 from cxr_model.train import TrainParams  # noqa: E402
 
@@ -96,7 +96,8 @@ def main() -> None:
 
     features = feature_extractor(model)
     feats = lambda x: features.predict(x.astype("float32"), verbose=0)  # noqa: E731
-    detector = FeatureDistance.fit(feats(x_train), feats(take(pool[in_val])))
+    views = lambda x: (feats(x), thumbnails(x))  # noqa: E731
+    detector = OodDetector.fit(views(x_train), views(take(pool[in_val])))
     groups = {
         "Val": take(pool[in_val]),
         "held-out actualmed": take(frame[held & ~lateral]),
@@ -105,7 +106,10 @@ def main() -> None:
         **synthetic(args.size),
     }
     flagged = {
-        name: {"images": len(x), "flagged": round(float(np.mean(detector.scores(feats(x)) > 1)), 3)}
+        name: {
+            "images": len(x),
+            "flagged": round(float(np.mean(detector.scores(feats(x), x) > 1)), 3),
+        }
         for name, x in groups.items()
     }
 

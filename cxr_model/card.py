@@ -225,6 +225,26 @@ def _gate(gate: GateDecision | None) -> list[str]:
     return ["## Promotion decision", "", gate_markdown(gate, heading=None)]
 
 
+def _ood(card: ModelCard) -> list[str]:
+    lines = ["## Images it does not know", ""]
+    if not card.ood:
+        return lines + [
+            "**This version has no out-of-distribution check**: scoring gives a probability for "
+            "any image, noise included. Retrain (a single model, not an ensemble) to add one.",
+            "",
+        ]
+    ood = card.ood
+    shares = ", ".join(f"{share:.0%} of {split}" for split, share in ood["flagged"].items())
+    return lines + [
+        f"Scoring marks an image `out_of_distribution` (probability given, no label) when it is "
+        f"farther from the {ood['n_train']} training images than all but "
+        f"{ood['flag_rate']:.0%} of the {ood['n_val']} validation images ({ood['method']}). "
+        f"At registration it flagged {shares}. Images that fail the image suite's per-image "
+        "checks (too small, wrong shape or format) are `rejected` and get no probability.",
+        "",
+    ]
+
+
 def _training(card: ModelCard) -> list[str]:
     nested = card.parameters.get("training")  # a retrain run stores RetrainParams
     parameters = nested if isinstance(nested, Mapping) else card.parameters
@@ -311,6 +331,7 @@ def render_model_card(
         _metrics(card, evaluated),
         _per_source(evaluated),
         _gate(gate),
+        _ood(card),
         _training(card),
         _limitations(_flagged(audit_summary)),
         _versions(card),

@@ -74,7 +74,7 @@ from cxr_model.images import (
     to_model_input,
 )
 from cxr_model.memory import ByteBudget
-from cxr_model.ood import FeatureDistance, with_features
+from cxr_model.ood import OodDetector, with_features
 from cxr_model.safe_text import spreadsheet_cell
 from cxr_model.sources import (
     FetchError,
@@ -373,7 +373,7 @@ def read_input(path: str, store: ObjectStore) -> bytes:
         return read_capped(stream, path)
 
 
-def keras_predictor(model: keras.Model, ood: FeatureDistance | None = None) -> Predict:
+def keras_predictor(model: keras.Model, ood: OodDetector | None = None) -> Predict:
     """:data:`Predict` for a Keras model: ``predict_on_batch`` on batches of at most
     :data:`PREDICT_BATCH`, one batch at a time. With ``ood`` (the version's fitted
     out-of-distribution check) the same pass also gives the penultimate features, and each image
@@ -398,7 +398,7 @@ def keras_predictor(model: keras.Model, ood: FeatureDistance | None = None) -> P
                 predicted = network.predict_on_batch(whole)
             if ood is not None:
                 predicted, features = predicted
-                scores.append(ood.scores(np.asarray(features)[: len(batch)]))
+                scores.append(ood.scores(np.asarray(features)[: len(batch)], batch))
             probabilities.append(np.asarray(predicted).reshape(-1)[: len(batch)])
         if ood is None:
             return np.concatenate(probabilities)

@@ -31,7 +31,7 @@ from cxr_model.generalisation import (
     honest_line,
 )
 from cxr_model.images import Preprocessing
-from cxr_model.ood import OOD_FILE, FeatureDistance, OodCheck, with_features
+from cxr_model.ood import OOD_FILE, OodCheck, OodDetector, thumbnails, with_features
 from cxr_model.registry import CHAMPION, RegistryError
 from cxr_model.split import HOLDOUT, TRAIN, VAL, load_split
 from cxr_model.train import TrainParams
@@ -78,12 +78,13 @@ def predict_splits(
     image_size: int,
     preprocessing: Preprocessing,
     splits: tuple[str, ...] = (VAL, HOLDOUT),
-    features: dict[str, np.ndarray] | None = None,
+    features: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> Predictions:
     """The model's predictions on the named splits of the dataset (a missing split gives none).
 
     With a ``features`` dict, the same pass also fills it with each split's penultimate features
-    (:func:`cxr_model.ood.with_features`), and the predictions leave out ``Train``.
+    (:func:`cxr_model.ood.with_features`) and thumbnails (:func:`cxr_model.ood.thumbnails`), and
+    the predictions leave out ``Train``.
     """
     frame = load_split(store(), dataset.split_key).set_index("dataset_key")
     present = [split for split in splits if (frame["split"] == split).any()]
@@ -98,7 +99,8 @@ def predict_splits(
             arrays.images.astype("float32"), batch_size=PREDICT_BATCH, verbose=0
         )
         if features is not None:
-            output, features[split] = output
+            output, penultimate = output
+            features[split] = (penultimate, thumbnails(arrays.images))
         if split == TRAIN:
             continue
         found.labels += arrays.labels.tolist()
@@ -108,18 +110,20 @@ def predict_splits(
     return found
 
 
-def fit_ood_check(features: dict[str, np.ndarray], key: str) -> tuple[OodCheck | None, str]:
-    """The OOD detector fitted on Train's features and calibrated on Val's, stored at ``key``;
+def fit_ood_check(
+    features: dict[str, tuple[np.ndarray, np.ndarray]], key: str
+) -> tuple[OodCheck | None, str]:
+    """The OOD detector fitted on Train's views and calibrated on Val's, stored at ``key``;
     with the share of each other split it flags. (None, why) when it cannot be fitted."""
     if TRAIN not in features or VAL not in features:
         return None, "no out-of-distribution check: the dataset has no Train or no Val images"
     try:
-        detector = FeatureDistance.fit(features[TRAIN], features[VAL])
+        detector = OodDetector.fit(features[TRAIN], features[VAL])
     except ValueError as exc:
         return None, f"no out-of-distribution check: {exc}"
     flagged = {
-        split: round(float(np.mean(detector.scores(values) > 1.0)), 4)
-        for split, values in features.items()
+        split: round(float(np.mean(detector.distances(*views) / detector.threshold > 1.0)), 4)
+        for split, views in features.items()
         if split != TRAIN
     }
     data = detector.to_bytes()
@@ -155,7 +159,7 @@ def evaluate_model(
     """AUC with its CI and the threshold metrics on Val, and the same on the held-out sources and
     within sources (the honest estimates); plots and a report in the store."""
     model = staged_model(model_key)
-    features: dict[str, np.ndarray] | None = {}
+    features: dict[str, tuple[np.ndarray, np.ndarray]] | None = {}
     try:
         with_features(model)
     except ValueError as exc:  # an ensemble: evaluated without an OOD check

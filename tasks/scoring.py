@@ -12,7 +12,7 @@ from cxr_model import scoring
 from cxr_model.config import get_settings
 from cxr_model.image_checks import ImageChecks
 from cxr_model.images import LEGACY_PREPROCESSING, Preprocessing
-from cxr_model.ood import FeatureDistance, OodCheck
+from cxr_model.ood import OodCheck, OodDetector
 from cxr_model.quality import QualitySettings
 from cxr_model.registry import CHAMPION, ModelCard
 from tasks.common import TRANSIENT_RETRIES, artifact_key, say, store
@@ -47,7 +47,7 @@ def _load_cached(settings_json: str, version: int) -> tuple[scoring.Predict, Mod
     ood = None
     if card.ood:  # verified against the card's sha256 like the model file
         check = OodCheck.model_validate(card.ood)
-        ood = FeatureDistance.from_bytes(models.attachment(version, check.file, check.sha256))
+        ood = OodDetector.from_bytes(models.attachment(version, check.file, check.sha256))
     return scoring.keras_predictor(model, ood), card
 
 

@@ -9,6 +9,7 @@ from cxr_model.audit import audit_shortcuts
 from cxr_model.card import render_model_card
 from cxr_model.evaluate import evaluate_predictions
 from cxr_model.gate import GateSettings, decide
+from cxr_model.ood import OodCheck
 from cxr_model.registry import ModelCard
 
 SECTIONS = [
@@ -185,3 +186,15 @@ def test_the_card_shows_internal_and_honest_estimates_from_card_json():
     assert "| image preprocessing | stretch |" in text  # recorded none: the study's
     old = render_model_card(_card(), evaluation=internal)
     assert "registered before cxr measured held-out sources" in old
+
+
+def test_the_card_says_what_the_ood_check_flags_or_that_there_is_none():
+    ood = OodCheck(sha256="ab" * 32, threshold=3.1, flag_rate=0.05, n_train=400, n_val=100)
+    ood.flagged = {"Val": 0.05, "Holdout": 0.09}
+
+    checked = render_model_card(_card(ood=ood.model_dump()))
+    unchecked = render_model_card(_card())
+
+    assert "## Images it does not know" in checked
+    assert "5% of Val, 9% of Holdout" in checked and "400 training images" in checked
+    assert "has no out-of-distribution check" in unchecked

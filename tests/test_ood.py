@@ -18,7 +18,7 @@ from PIL import Image
 from cxr_model.image_checks import ImageChecks
 from cxr_model.images import Preprocessing, to_model_input
 from cxr_model.model import compact_cnn
-from cxr_model.ood import FeatureDistance, feature_extractor, with_features
+from cxr_model.ood import OodDetector, feature_extractor, thumbnails, with_features
 from cxr_model.quality import QualitySettings
 from cxr_model.scoring import (
     OK,
@@ -63,10 +63,11 @@ def trained(real_data):
     labels = (train["label"] == "covid").to_numpy("float32")
     model.fit(x_train.astype("float32"), labels, epochs=4, batch_size=32, verbose=0)
     features = feature_extractor(model)
-    detector = FeatureDistance.fit(
-        features.predict(x_train.astype("float32"), verbose=0),
-        features.predict(x_val.astype("float32"), verbose=0),
-    )
+
+    def views(x):
+        return features.predict(x.astype("float32"), verbose=0), thumbnails(x)
+
+    detector = OodDetector.fit(views(x_train), views(x_val))
     return model, detector, x_val
 
 
@@ -75,20 +76,41 @@ def test_validation_images_are_mostly_in_distribution_and_noise_never(trained):
     noise = np.stack([to_model_input(noise_png(n), SIZE, preprocessing=PRE) for n in range(20)])
     features = feature_extractor(model)
 
-    val_scores = detector.scores(features.predict(x_val.astype("float32"), verbose=0))
-    noise_scores = detector.scores(features.predict(noise.astype("float32"), verbose=0))
+    val_scores = detector.scores(features.predict(x_val.astype("float32"), verbose=0), x_val)
+    noise_scores = detector.scores(features.predict(noise.astype("float32"), verbose=0), noise)
 
     assert np.mean(val_scores > 1) == pytest.approx(0.05, abs=0.02)  # calibrated on them
     assert (noise_scores > 1).all()
 
 
+def test_lateral_views_and_gradients_are_out_of_distribution(trained, real_data):
+    """A frontal-only model: the real set's lateral views and smooth gradients look like none
+    of its training images (the layout view catches what the network's features may not)."""
+    model, detector, _ = trained
+    frame = pd.read_csv(real_data / "manifest.csv", dtype=str)
+    lateral = frame[frame["view"].fillna("").str.upper().eq("L")]["file"]
+    ramp = np.tile(np.linspace(0, 255, 360).astype(np.uint8), (300, 1))
+    data = [(real_data / f).read_bytes() for f in lateral]
+    data += [_png(np.roll(ramp, n * 30, axis=1)) for n in range(6)]
+    images = np.stack([to_model_input(d, SIZE, preprocessing=PRE) for d in data])
+
+    scores = detector.scores(
+        feature_extractor(model).predict(images.astype("float32"), verbose=0), images
+    )
+
+    assert len(lateral) == 4
+    assert np.mean(scores > 1) >= 0.8
+
+
 def test_the_detector_round_trips_through_bytes(trained):
     _, detector, _ = trained
 
-    again = FeatureDistance.from_bytes(detector.to_bytes())
+    again = OodDetector.from_bytes(detector.to_bytes())
 
     assert again.threshold == detector.threshold and again.n_train == detector.n_train
-    np.testing.assert_array_equal(again.precision, detector.precision)
+    assert again.scales == detector.scales
+    np.testing.assert_array_equal(again.features.precision, detector.features.precision)
+    np.testing.assert_array_equal(again.pixels.mean, detector.pixels.mean)
 
 
 def test_an_ensemble_has_no_feature_head():
