@@ -33,6 +33,13 @@ class Settings(BaseSettings):
     s3_region: str = Field(default="us-east-1", description="Region for the S3 client.")
     bucket: str = Field(default="cxr", description="Bucket that holds everything cxr produces.")
     model_name: str = Field(default="cxr-covid", description="Registry name of the classifier.")
+    keep_checkpoints: int = Field(
+        default=1,
+        ge=0,
+        description="Finished training checkpoints (checkpoints/<dataset>/<params hash>) kept "
+        "once a version is registered, most recent first; the registered version's counts first. "
+        "0 removes them all; unfinished ones (a run to resume) are never removed.",
+    )
     manifest_roots: list[Path] = Field(
         default_factory=list,
         description="Folders a manifest's local paths may name besides the manifest's own folder "

@@ -26,8 +26,9 @@ import hashlib
 import io
 import json
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
@@ -409,6 +410,39 @@ class EpochCheckpoint(keras.callbacks.Callback):
         self.slot = 1 - self.slot
 
 
+class EpochLog(keras.callbacks.Callback):
+    """One line per epoch to ``log`` (the run's log when Prefect wraps training): the epoch, its
+    training and validation loss, accuracy and AUC, and the images per second it ran at."""
+
+    def __init__(self, log: Callable[[str], None], images: int, epochs: int):
+        super().__init__()
+        self.log = log
+        self.images = images
+        self.epochs = epochs
+        self._started = time.perf_counter()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        seconds = time.perf_counter() - self._started
+        logs = logs or {}
+
+        def metrics(prefix: str) -> str:
+            shown = [("loss", "loss"), ("accuracy", "accuracy"), ("auc", "AUC")]
+            return ", ".join(
+                f"{label} {float(logs[prefix + name]):.4f}"
+                for name, label in shown
+                if prefix + name in logs
+            )
+
+        line = f"epoch {epoch + 1}/{self.epochs}: {metrics('')}"
+        if validation := metrics("val_"):
+            line += f"; validation {validation}"
+        rate = self.images / seconds if seconds > 0 else 0.0
+        self.log(f"{line}; {rate:.1f} images/s ({seconds:.1f}s)")
+
+
 def _restore(trainer: keras.Model, checkpoint: Checkpoint, state: dict, work_dir: Path) -> list:
     """Load a checkpoint's weights and optimizer state into ``trainer``; return best weights."""
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -435,6 +469,7 @@ def train_model(
     weights_file: Path | None = None,
     callbacks: Sequence[keras.callbacks.Callback] = (),
     sources: Sequence[str] | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> TrainResult:
     """Fit the architecture on ``train`` (validating on ``val`` each epoch) and save it.
 
@@ -443,7 +478,7 @@ def train_model(
     ``weights_file``: a local copy of ``params.weights`` (see :func:`fetch_weights`); without it
     ``params.weights`` must be a local path or None. ``callbacks`` run after the library's own.
     ``sources``: each training image's source, which ``source_balance`` and
-    ``source_adversary`` need.
+    ``source_adversary`` need. ``progress``: called with one line per epoch (:class:`EpochLog`).
     """
     if sources is not None and len(sources) != len(train):
         raise ValueError(f"{len(sources)} sources for {len(train)} training images")
@@ -476,6 +511,8 @@ def train_model(
             params.monitor, params.patience, resumed, best_weights or None
         )
     own: list[keras.callbacks.Callback] = [early_stopping] if early_stopping else []
+    if progress is not None:
+        own.append(EpochLog(progress, len(train), params.epochs))
     if checkpoint is not None:
         slot = 1 - state["slot"] if state else 0
         own.append(EpochCheckpoint(checkpoint, fingerprint, history, early_stopping, out_dir, slot))
@@ -567,3 +604,73 @@ def history_frame(history: dict[str, list[float]]) -> pd.DataFrame:
     frame = pd.DataFrame(history)
     frame.insert(0, "epoch", range(1, len(frame) + 1))
     return frame
+
+
+@dataclass(frozen=True)
+class CheckpointCleanup:
+    """What :func:`remove_old_checkpoints` removed and kept (checkpoint prefixes)."""
+
+    removed: list[str]
+    kept: list[str]
+    unfinished: list[str]
+    objects_removed: int
+
+
+def _checkpoint_root(key: str) -> str | None:
+    """``checkpoints/<dataset>/<params hash>`` of a key under it, else None."""
+    parts = key.split("/")
+    return "/".join(parts[:3]) if len(parts) > 3 and parts[0] == CHECKPOINTS_PREFIX else None
+
+
+def _finished(store: ObjectStore, latest_keys: list[str]) -> bool:
+    """True when every training state under a checkpoint (one, or one per fold) says it ended."""
+    if not latest_keys:
+        return False  # crashed before its first epoch ended, or being written now
+    for key in latest_keys:
+        try:
+            state = json.loads(store.get_bytes(key))
+            epochs = state["fingerprint"]["params"]["epochs"]
+            done = bool(state["stopped"]) or int(state["epochs_done"]) >= int(epochs)
+        except (KeyError, TypeError, ValueError):
+            return False  # a state we cannot read is not ours to judge: keep it
+        if not done:
+            return False
+    return True
+
+
+def remove_old_checkpoints(store: ObjectStore, current: str, keep: int) -> CheckpointCleanup:
+    """Remove finished training checkpoints but the ``keep`` most recent ones.
+
+    A checkpoint is one ``checkpoints/<dataset>/<params hash>`` prefix: the state of one training
+    of one dataset with one set of parameters (cross-validation folds included). ``current`` (the
+    checkpoint of the version just registered) counts as the most recent and is always kept when
+    ``keep`` ≥ 1. Unfinished checkpoints (a crashed run that may be resumed, or a training running
+    now) are never removed.
+    """
+    if keep < 0:
+        raise ValueError(f"keep={keep}: the number of checkpoints to keep must be 0 or more")
+    current = current.rstrip("/")
+    keys: dict[str, list[str]] = {}
+    written: dict[str, datetime] = {}
+    for key, modified in store.list_modified(f"{CHECKPOINTS_PREFIX}/"):
+        root = _checkpoint_root(key)
+        if root is None:
+            continue
+        keys.setdefault(root, []).append(key)
+        written[root] = max(written.get(root, modified), modified)
+    unfinished = []
+    finished = []
+    for root, under in keys.items():
+        latest = [k for k in under if k.endswith("/latest.json")]
+        (finished if root == current or _finished(store, latest) else unfinished).append(root)
+    # most recent first, the current checkpoint before every other
+    finished.sort(key=lambda root: (root == current, written[root]), reverse=True)
+    kept, removed = finished[:keep], finished[keep:]
+    count = 0
+    for root in removed:
+        for key in keys[root]:
+            store.delete(key)
+            count += 1
+    return CheckpointCleanup(
+        removed=removed, kept=kept, unfinished=sorted(unfinished), objects_removed=count
+    )

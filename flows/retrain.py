@@ -25,7 +25,7 @@ from tasks.ingest import IngestResult, get_images
 from tasks.quality import QualityResult, check_images
 from tasks.registry import RegisteredModel, register_model
 from tasks.split import DatasetRef, sort_images
-from tasks.train import TrainedModel, fit_model
+from tasks.train import TrainedModel, clean_checkpoints, fit_model
 
 
 class RetrainParams(BaseModel):
@@ -115,6 +115,10 @@ def retrain(params: RetrainParams) -> State:
         assessed.ood,
         assessed.ood_key,
     )
+    # the new version is registered: older trainings' checkpoints are no longer needed
+    cleaned = clean_checkpoints(dataset, params.training, return_state=True)
+    if not cleaned.is_completed():
+        print(f"WARNING: old checkpoints were not removed: {cleaned.message}")
     result = RetrainResult(
         ingest=images,
         quality=quality,

@@ -91,6 +91,7 @@ def fit_fold(
             checkpoint=checkpoint,
             weights_file=local_weights(params, Path(work)),
             sources=image_sources(dataset, train) if params.needs_sources else None,
+            progress=lambda line: say(f"fold {fold + 1}/{folds}: {line}"),
         )
         model = keras.saving.load_model(result.model_path, compile=False)
         objects.put_file(f"{prefix}/model.keras", result.model_path)

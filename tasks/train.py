@@ -2,7 +2,8 @@
 
 Training state is checkpointed to ``checkpoints/<dataset id>/<hash of the training params>`` after
 every epoch, so a retry or a rerun after a crash resumes where it stopped (and a rerun of a
-finished training trains nothing).
+finished training trains nothing). Once a version is registered, :func:`clean_checkpoints`
+removes the finished checkpoints of older trainings (``CXR_KEEP_CHECKPOINTS``, 1 by default).
 """
 
 from __future__ import annotations
@@ -21,10 +22,12 @@ from cxr_model.images import LEGACY_PREPROCESSING, Preprocessing
 from cxr_model.split import TRAIN, VAL, load_split
 from cxr_model.train import (
     Checkpoint,
+    CheckpointCleanup,
     TrainParams,
     checkpoint_prefix,
     fetch_weights,
     history_frame,
+    remove_old_checkpoints,
     train_model,
 )
 from tasks.common import TRANSIENT_RETRIES, artifact_key, say, store
@@ -100,6 +103,7 @@ def fit_model(dataset: DatasetRef, params: TrainParams, run_prefix: str) -> Trai
             checkpoint=checkpoint,
             weights_file=weights,
             sources=image_sources(dataset, train) if params.needs_sources else None,
+            progress=say,
         )
         model_key = f"{run_prefix}/model.keras"
         objects.put_file(model_key, result.model_path)
@@ -142,3 +146,20 @@ def fit_model(dataset: DatasetRef, params: TrainParams, run_prefix: str) -> Trai
         seconds=result.seconds,
         devices=result.devices,
     )
+
+
+@task(name="clean-checkpoints", **TRANSIENT_RETRIES)
+def clean_checkpoints(dataset: DatasetRef, params: TrainParams) -> CheckpointCleanup:
+    """After registration: remove finished checkpoints but the most recent ``keep_checkpoints``
+    (this training's first); say what was removed and what was kept."""
+    objects = store()
+    keep = get_settings().keep_checkpoints
+    done = remove_old_checkpoints(objects, checkpoint_prefix(dataset.dataset_id, params), keep)
+    removed = ", ".join(objects.uri(root) for root in done.removed) or "none"
+    kept = ", ".join(objects.uri(root) for root in done.kept) or "none"
+    say(
+        f"checkpoints: removed {len(done.removed)} ({done.objects_removed} objects): {removed}; "
+        f"kept the {keep} most recent: {kept}"
+        + (f"; {len(done.unfinished)} unfinished left to resume" if done.unfinished else "")
+    )
+    return done

@@ -277,3 +277,101 @@ def test_two_replicas_train_with_mirrored_strategy(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report == {"replicas": 2, "devices": ["CPU:0", "CPU:1"], "finite": True, "epochs": 1}
+
+
+def test_training_logs_one_line_per_epoch(arrays, tmp_path):
+    """Issue 13, item 5: training wrote nothing to the run log for minutes."""
+    lines: list[str] = []
+    params = TrainParams(image_size=32, epochs=3, batch_size=16, seed=2)
+    result = train_model(arrays, arrays, params, tmp_path, progress=lines.append)
+    assert len(lines) == 3
+    for epoch, line in enumerate(lines):
+        assert line.startswith(f"epoch {epoch + 1}/3: loss ")
+        for name in ("loss", "accuracy", "auc"):
+            assert f"{result.history[name][epoch]:.4f}" in line
+            assert f"{result.history['val_' + name][epoch]:.4f}" in line
+        assert "AUC" in line and "; validation loss " in line
+        rate = float(line.split("; ")[-1].split(" images/s")[0])
+        assert rate > 0
+
+
+def test_a_resumed_training_logs_only_the_epochs_it_runs(arrays, store, tmp_path):
+    params = TrainParams(image_size=32, epochs=2, batch_size=16, seed=5)
+    checkpoint = Checkpoint(store, checkpoint_prefix("dataset-log", params))
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train_model(
+            arrays, arrays, params, tmp_path / "a", checkpoint=checkpoint, callbacks=[Crash()]
+        )
+    lines: list[str] = []
+    train_model(
+        arrays, arrays, params, tmp_path / "b", checkpoint=checkpoint, progress=lines.append
+    )
+    assert [line.split(":")[0] for line in lines] == ["epoch 2/2"]
+
+
+def fake_checkpoint(store, prefix: str, epochs_done: int, epochs: int, *, fold: str = "") -> None:
+    """A checkpoint in the layout :class:`EpochCheckpoint` writes (two slots, latest.json)."""
+    where = f"{prefix}/{fold}" if fold else prefix
+    for slot in (0, 1):
+        store.put_bytes(f"{where}/slot-{slot}/trainer.weights.h5", b"weights")
+    state = {
+        "fingerprint": {"format": 1, "params": {"epochs": epochs}},
+        "epochs_done": epochs_done,
+        "stopped": False,
+        "history": {},
+        "early_stopping": None,
+        "slot": 0,
+    }
+    store.put_bytes(f"{where}/latest.json", json.dumps(state).encode())
+
+
+def test_old_checkpoints_are_removed_once_a_version_is_registered(arrays, store, tmp_path):
+    """Issue 13, item 6: checkpoints were never cleaned (904 MB of 1.7 GB after four trainings)."""
+    import time
+
+    from cxr_model.train import remove_old_checkpoints
+
+    # a real finished training of an older dataset, then older trainings of other datasets
+    real = TrainParams(image_size=32, epochs=1, batch_size=16, seed=1)
+    oldest = checkpoint_prefix("dataset-a", real)
+    train_model(arrays, arrays, real, tmp_path, checkpoint=Checkpoint(store, oldest))
+    time.sleep(1.1)  # S3 times are to the second
+    older = checkpoint_prefix("dataset-b", TrainParams(epochs=3))
+    fake_checkpoint(store, older, epochs_done=3, epochs=3)
+    time.sleep(1.1)
+    folds = checkpoint_prefix("dataset-c", TrainParams(epochs=2))  # cross-validation: per fold
+    for fold in ("fold-0-of-2", "fold-1-of-2"):
+        fake_checkpoint(store, folds, epochs_done=2, epochs=2, fold=fold)
+    crashed = checkpoint_prefix("dataset-d", TrainParams(epochs=5))  # may be resumed: kept
+    fake_checkpoint(store, crashed, epochs_done=2, epochs=5)
+    current = checkpoint_prefix("dataset-e", TrainParams(epochs=2))
+    fake_checkpoint(store, current, epochs_done=2, epochs=2)
+    store.put_bytes("checkpoints/README.txt", b"not a checkpoint")  # left alone
+    time.sleep(1.1)
+
+    done = remove_old_checkpoints(store, current, keep=2)
+    assert done.kept == [current, folds]  # this training's, then the most recent other
+    assert sorted(done.removed) == sorted([oldest, older])
+    assert done.unfinished == [crashed]
+    assert done.objects_removed == 2 + 3  # one epoch: one slot and latest.json; two slots and it
+    assert not any(store.list_keys(oldest + "/")) and not any(store.list_keys(older + "/"))
+    assert store.exists(f"{crashed}/latest.json") and store.exists("checkpoints/README.txt")
+
+    done = remove_old_checkpoints(store, current, keep=1)
+    assert done.removed == [folds] and done.kept == [current] and done.objects_removed == 6
+    done = remove_old_checkpoints(store, current, keep=0)
+    assert done.removed == [current] and done.kept == []
+    assert sorted(store.list_keys("checkpoints/")) == sorted(
+        [*store.list_keys(crashed + "/"), "checkpoints/README.txt"]
+    )
+
+
+def test_checkpoints_kept_is_a_setting(settings, monkeypatch):
+    from cxr_model.config import Settings
+
+    assert settings.keep_checkpoints == 1
+    monkeypatch.setenv("CXR_KEEP_CHECKPOINTS", "3")
+    assert Settings().keep_checkpoints == 3
+    monkeypatch.setenv("CXR_KEEP_CHECKPOINTS", "-1")
+    with pytest.raises(ValueError, match="keep_checkpoints"):
+        Settings()
