@@ -10,7 +10,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 # thread, and memory creeps up with the number of images (BENCHMARKS.md, "Scoring throughput").
 export MALLOC_ARENA_MAX ?= 2
 
-.PHONY: install demo test lint bench ui up down store-stop clean
+.PHONY: install demo test lint bench ui up down notify store-stop clean
 
 install: .venv/.synced
 
@@ -43,6 +43,12 @@ up: install
 
 down: install
 	$(RUN) python -m deployments.stack down
+
+# A failed or crashed nightly retraining POSTs {subject, body} to WEBHOOK (the webhook block and
+# the automation are created together; see deployments/automations/).
+notify: install
+	@test -n "$(WEBHOOK)" || { echo "usage: make notify WEBHOOK=https://..." >&2; exit 2; }
+	$(RUN) python -m deployments.stack notify --webhook "$(WEBHOOK)"
 
 store-stop: install
 	$(RUN) cxr store stop

@@ -6,6 +6,20 @@ pool, the deployments of ``deployments/prefect.yaml``, and a process worker that
 records what it started in ``<state_dir>/stack/stack.json``; ``down`` stops exactly those
 processes (by process id) and keeps every piece of data. Logs go to ``<state_dir>/logs/``.
 
+Recovery: ``down`` stops the worker first, then marks the runs it was running Crashed (a run being
+cancelled: Cancelled), which frees their deployments' concurrency slots, then stops the server.
+``up`` does the same for runs a stopped worker left Running or Pending (the machine went down, the
+processes were killed) before it starts a worker, and frees slots that no active run holds.
+
+Deployments: ``up`` records a hash of each deployment's definition (its ``prefect.yaml`` entry,
+the environment values and the training variable it uses) in ``<state_dir>/stack/deployed.json``
+and redeploys only the deployments whose definition changed (or that the server lacks), so a
+schedule paused or edited in the UI stays as it is otherwise; it says which were kept and which
+updated.
+
+Notification: ``notify --webhook URL`` creates a webhook notification block and the
+failed-nightly automation (``deployments/automations/``) that sends to it, together.
+
 So that a fresh stack has something to retrain on and score, ``up`` also generates the synthetic
 sample (as ``make demo`` does) and copies its inbox to ``s3://<bucket>/inbox/`` once. The nightly
 retraining then runs on the sample with the sample's training settings, which produce a champion
@@ -14,23 +28,30 @@ retraining then runs on the sample with the sample's training settings, which pr
     python -m deployments.stack up [--port 4200]
     python -m deployments.stack down
     python -m deployments.stack status
+    python -m deployments.stack notify --webhook https://hooks.example.org/...
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import typer
+import yaml
 
 from cxr_model import embedded_store
 from cxr_model.config import Settings, get_settings
@@ -54,6 +75,19 @@ DEPLOY_DEFAULTS = {
     "CXR_INBOX_MINUTES": "10",
 }
 
+ENV_PLACEHOLDER = re.compile(r"\{\{\s*\$(\w+)\s*\}\}")
+VARIABLE_PLACEHOLDER = re.compile(r"\{\{\s*prefect\.variables\.(\w+)\s*\}\}")
+AUTOMATION_FILE = REPO / "deployments" / "automations" / "nightly-retrain-failed.yaml"
+NOTIFY_BLOCK = "cxr-nightly-retrain-failed"
+# What deployments/automations/*.yaml hold where a notification block's id goes: never a block.
+BLOCK_PLACEHOLDERS = {"<set by make notify>", "00000000-0000-0000-0000-000000000000"}
+ACTIVE_STATES = ("RUNNING", "PENDING", "CANCELLING")
+DOWN_MESSAGE = "the local stack was stopped (make down) while this run was {state}; retry it"
+ORPHAN_MESSAGE = (
+    "this run was left {state} by a worker that stopped without make down (killed, or the machine "
+    "went down); make up marked it Crashed; retry it"
+)
+
 app = typer.Typer(add_completion=False, help=__doc__.split("\n\n")[0])
 
 
@@ -70,6 +104,9 @@ class StackState:
     # process start times, so that a pid reused after the stack died is never taken for it
     server_started: float | None = None
     worker_started: float | None = None
+    # what this `up` did: each deployment "kept" or "updated (why)"; runs it marked Crashed
+    deployments: dict[str, str] = field(default_factory=dict)
+    reconciled: list[str] = field(default_factory=list)
 
     def process(self, role: str):
         """The live server or worker this state recorded (a psutil.Process), else None."""
@@ -224,12 +261,141 @@ def read_state(settings: Settings) -> StackState | None:
     return StackState(**json.loads(path.read_text()))
 
 
+def _deployed_file(settings: Settings) -> Path:
+    return settings.state_dir / "stack" / "deployed.json"
+
+
+def deployment_hashes(env: dict[str, str], variables: dict[str, object]) -> dict[str, str]:
+    """Each deployment's definition, hashed: its ``prefect.yaml`` entry and the file's shared
+    sections, with the values of the ``{{ $NAME }}`` and ``{{ prefect.variables.x }}`` it uses."""
+    spec = yaml.safe_load(PREFECT_FILE.read_text())
+    shared = {key: value for key, value in spec.items() if key != "deployments"}
+    hashes = {}
+    for deployment in spec["deployments"]:
+        definition = json.dumps({"shared": shared, "deployment": deployment}, sort_keys=True)
+        values = {
+            "env": {name: env.get(name) for name in sorted(ENV_PLACEHOLDER.findall(definition))},
+            "variables": {
+                name: variables.get(name)
+                for name in sorted(VARIABLE_PLACEHOLDER.findall(definition))
+            },
+        }
+        text = definition + json.dumps(values, sort_keys=True)
+        hashes[deployment["name"]] = hashlib.sha256(text.encode()).hexdigest()
+    return hashes
+
+
+def plan_deployments(
+    hashes: dict[str, str], recorded: dict[str, str], on_server: set[str]
+) -> dict[str, str]:
+    """For each deployment: "kept", or "updated (why)" when it has to be (re)deployed."""
+    plan = {}
+    for name, digest in hashes.items():
+        if name not in on_server:
+            plan[name] = "updated (not on the server)"
+        elif name not in recorded:
+            plan[name] = "updated (no record of what was deployed)"
+        elif recorded[name] != digest:
+            plan[name] = "updated (its definition in prefect.yaml or its settings changed)"
+        else:
+            plan[name] = "kept"
+    return plan
+
+
+@contextmanager
+def prefect_client(api_url: str) -> Iterator:
+    """A synchronous Prefect client talking to ``api_url``."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
+        yield client
+
+
+def release_runs(api_url: str, message: str) -> list[str]:
+    """Mark the work pool's Running/Pending runs Crashed (Cancelling ones Cancelled), forced, with
+    ``message``; then free deployment concurrency slots that no active run holds. For when no
+    worker runs them any more. Returns one line per run or deployment changed."""
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterDeploymentId,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+        WorkPoolFilter,
+        WorkPoolFilterName,
+    )
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import Cancelled, Crashed
+
+    active = FlowRunFilterState(
+        type=FlowRunFilterStateType(any_=[StateType[name] for name in ACTIVE_STATES])
+    )
+    pool = WorkPoolFilter(name=WorkPoolFilterName(any_=[WORK_POOL]))
+    done = []
+    with prefect_client(api_url) as client:
+        for run in client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(state=active), work_pool_filter=pool
+        ):
+            was = run.state.name if run.state else "active"
+            if run.state and run.state.type == StateType.CANCELLING:
+                state = Cancelled(message=f"cancelled; {message.format(state=was)}")
+            else:
+                state = Crashed(message=message.format(state=was))
+            client.set_flow_run_state(run.id, state, force=True)
+            done.append(f"flow run {run.name} ({run.id}): {was} -> {state.name}")
+        for deployment in client.read_deployments(work_pool_filter=pool):
+            limit = deployment.global_concurrency_limit
+            if limit is None or not limit.active_slots:
+                continue
+            holding = client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(
+                    state=active, deployment_id=FlowRunFilterDeploymentId(any_=[deployment.id])
+                )
+            )
+            if limit.active_slots > len(holding):
+                client.update_global_concurrency_limit(
+                    limit.name, GlobalConcurrencyLimitUpdate(active_slots=len(holding))
+                )
+                done.append(
+                    f"deployment {deployment.name}: freed {limit.active_slots - len(holding)} "
+                    "concurrency slot(s) held by no active run"
+                )
+    return done
+
+
+def deploy(env: dict[str, str], settings: Settings, training: dict, log: Path) -> dict[str, str]:
+    """(Re)deploy the deployments whose definition changed; keep the others as they are on the
+    server (with their schedules and pauses from the UI). Returns :func:`plan_deployments`."""
+    hashes = deployment_hashes(env, {NIGHTLY_TRAINING_VARIABLE: training})
+    path = _deployed_file(settings)
+    recorded = json.loads(path.read_text()) if path.exists() else {}
+    with prefect_client(env["PREFECT_API_URL"]) as client:
+        on_server = {d.name for d in client.read_deployments()}
+    plan = plan_deployments(hashes, recorded, on_server)
+    updated = [name for name, what in plan.items() if what != "kept"]
+    if updated:
+        names = [arg for name in updated for arg in ("--name", name)]
+        _run(
+            _prefect("--no-prompt", "deploy", *names, "--prefect-file", str(PREFECT_FILE)),
+            env,
+            log,
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(recorded | {name: hashes[name] for name in updated}, indent=2))
+    return plan
+
+
 def up(port: int = DEFAULT_PORT, settings: Settings | None = None) -> StackState:
     """Start everything (see the module docstring); an already running stack is reused."""
     settings = settings or get_settings()
     running = read_state(settings)
     if running and running.process("server") and running.process("worker"):
         return running
+    if running:  # half a stack (one of them died): stop what is left, start afresh
+        for role, pid in (("worker", running.worker_pid), ("server", running.server_pid)):
+            if running.process(role) is not None:
+                _stop(pid)
     logs = settings.state_dir / "logs"
     started_store = False
     if settings.embedded:
@@ -247,6 +413,8 @@ def up(port: int = DEFAULT_PORT, settings: Settings | None = None) -> StackState
     try:
         wait_healthy(env["PREFECT_API_URL"], server, logs / "prefect-server.log")
         deploy_log = logs / "prefect-deploy.log"
+        # no worker runs yet: whatever is still Running or Pending was left by a stopped one
+        reconciled = release_runs(env["PREFECT_API_URL"], ORPHAN_MESSAGE)
         _run(
             _prefect("work-pool", "create", WORK_POOL, "--type", "process", "--overwrite"),
             env,
@@ -259,11 +427,7 @@ def up(port: int = DEFAULT_PORT, settings: Settings | None = None) -> StackState
             env,
             deploy_log,
         )
-        _run(
-            _prefect("--no-prompt", "deploy", "--all", "--prefect-file", str(PREFECT_FILE)),
-            env,
-            deploy_log,
-        )
+        deployments = deploy(env, settings, training, deploy_log)
         worker = _start(
             _prefect("worker", "start", "--pool", WORK_POOL, "--type", "process"),
             logs / "prefect-worker.log",
@@ -283,6 +447,8 @@ def up(port: int = DEFAULT_PORT, settings: Settings | None = None) -> StackState
         started_at=datetime.now(UTC).isoformat(timespec="seconds"),
         server_started=_start_time(server.pid),
         worker_started=_start_time(worker.pid),
+        deployments=deployments,
+        reconciled=reconciled,
     )
     path = _stack_file(settings)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -300,7 +466,26 @@ def _start_time(pid: int) -> float | None:
 
 
 def _stop(pid: int) -> None:
-    """SIGTERM the process group, then SIGKILL whatever is left after a grace period."""
+    """SIGTERM the process group, then SIGKILL whatever is left after a grace period; then the
+    same for descendants in sessions of their own (the flow runs a worker started)."""
+    import psutil
+
+    try:
+        descendants = psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        descendants = []
+    _stop_group(pid)
+    left = [process for process in descendants if process.is_running()]
+    for process in left:
+        with contextlib.suppress(psutil.Error):
+            process.terminate()
+    _, alive = psutil.wait_procs(left, timeout=STOP_TIMEOUT_S)
+    for process in alive:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+
+
+def _stop_group(pid: int) -> None:
     try:
         os.killpg(pid, signal.SIGTERM)
     except ProcessLookupError:
@@ -320,6 +505,18 @@ def _stop(pid: int) -> None:
         pass
 
 
+def _release_before_stopping(api_url: str) -> list[str]:
+    """The worker is stopped: its runs are Crashed (their slots freed) while the server is up."""
+    try:
+        return release_runs(api_url, DOWN_MESSAGE)
+    except Exception as exc:  # noqa: BLE001 - stopping must go on; `up` reconciles the rest
+        typer.echo(
+            f"could not mark the worker's runs Crashed ({type(exc).__name__}: {exc}); make up will",
+            err=True,
+        )
+        return []
+
+
 def down(settings: Settings | None = None) -> list[str]:
     """Stop what ``up`` started, worker first; data stays. Returns what was stopped."""
     settings = settings or get_settings()
@@ -327,9 +524,12 @@ def down(settings: Settings | None = None) -> list[str]:
     stopped = []
     if state:
         for role, pid in (("worker", state.worker_pid), ("server", state.server_pid)):
+            if role == "server" and state.process("server") is not None:
+                stopped.extend(_release_before_stopping(state.api_url))
             if state.process(role) is not None:
                 _stop(pid)
-                stopped.append(f"{'worker' if role == 'worker' else 'prefect server'} (pid {pid})")
+                name = "worker" if role == "worker" else "prefect server"
+                stopped.append(f"stopped: {name} (pid {pid})")
             elif process_alive(pid):
                 typer.echo(
                     f"{_stack_file(settings)}: stale record: pid {pid} is not the Prefect {role} "
@@ -337,9 +537,73 @@ def down(settings: Settings | None = None) -> list[str]:
                     err=True,
                 )
         if state.started_store and embedded_store.stop(settings.state_dir):
-            stopped.append("embedded S3 store")
+            stopped.append("stopped: embedded S3 store")
         _stack_file(settings).unlink()
     return stopped
+
+
+def automation_definition(block_id: str) -> dict:
+    """The failed-nightly automation of ``AUTOMATION_FILE`` sending to the block ``block_id``."""
+    if str(block_id) in BLOCK_PLACEHOLDERS:
+        raise ValueError(
+            f"block id {block_id!r} is a placeholder, not a notification block; "
+            "create both with: make notify WEBHOOK=<url>"
+        )
+    definition = yaml.safe_load(AUTOMATION_FILE.read_text())
+    for action in definition["actions"]:
+        if action.get("type") == "send-notification":
+            action["block_document_id"] = str(block_id)
+    return definition
+
+
+def check_automation(definition: dict, where: str) -> None:
+    """Refuse an automation that sends to a placeholder block (it would fail when it fires)."""
+    for action in definition.get("actions", []):
+        block = str(action.get("block_document_id", ""))
+        if action.get("type") == "send-notification" and block in BLOCK_PLACEHOLDERS:
+            raise ValueError(
+                f"{where}: block_document_id {block!r} is a placeholder; the automation would "
+                "fail silently when it fires. Create the block and the automation together "
+                "with: make notify WEBHOOK=<url>"
+            )
+
+
+def webhook_url(url: str) -> str:
+    """An http(s) URL with a host, or a one-line reason."""
+    parsed = httpx.URL(url)
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise ValueError(f"webhook {url!r}: expected an http:// or https:// URL with a host")
+    return url
+
+
+def notify(api_url: str, webhook: str) -> tuple[str, str]:
+    """Create (or replace) the webhook block and the failed-nightly automation sending to it.
+
+    The webhook receives a JSON POST ``{"subject": ..., "body": ...}`` when a nightly-retrain run
+    ends Failed or Crashed. Returns the block's and the automation's ids.
+    """
+    from prefect.blocks.notifications import CustomWebhookNotificationBlock
+    from prefect.events.schemas.automations import AutomationCore
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    webhook_url(webhook)
+    with temporary_settings({PREFECT_API_URL: api_url}):
+        block = CustomWebhookNotificationBlock(
+            name="cxr nightly-retrain failed",
+            url=webhook,
+            method="POST",
+            json_data={"subject": "{{subject}}", "body": "{{body}}"},
+        )
+        block_id = block.save(NOTIFY_BLOCK, overwrite=True)
+    definition = automation_definition(str(block_id))
+    check_automation(definition, str(AUTOMATION_FILE))
+    automation = AutomationCore.model_validate(definition)
+    with prefect_client(api_url) as client:
+        client.read_block_document(block_id)  # it is there: the automation cannot point nowhere
+        for old in client.read_automations_by_name(automation.name):
+            client.delete_automation(old.id)
+        automation_id = client.create_automation(automation)
+    return str(block_id), str(automation_id)
 
 
 @app.command("up")
@@ -352,12 +616,20 @@ def up_command(
     env = prefect_env(settings, port)
     when = next_run(env["CXR_NIGHTLY_CRON"], env["CXR_NIGHTLY_TIMEZONE"])
     training = json.dumps(nightly_training(env, settings))
+    schedule = f"next run {when.isoformat()} ({env['CXR_NIGHTLY_TIMEZONE']})"
+    if state.deployments.get("nightly-retrain") == "kept":
+        schedule = "schedule and pause kept as they are on the server (the UI's)"
     typer.echo(
         f"Prefect UI:        {state.ui_url}\n"
-        f"nightly-retrain:   next run {when.isoformat()} ({env['CXR_NIGHTLY_TIMEZONE']})\n"
+        f"nightly-retrain:   {schedule}\n"
         f"                   on {env['CXR_NIGHTLY_SOURCE']}, training {training} "
         "(over the study's settings)\n"
         f"worker:            pool {WORK_POOL} (pid {state.worker_pid})\n"
+        + "".join(
+            f"deployment:        {name}: {what}\n" for name, what in state.deployments.items()
+        )
+        + "".join(f"reconciled:        {line}\n" for line in state.reconciled)
+        + "notify on failure: make notify WEBHOOK=<url>\n"
         f"for cxr commands:  export PREFECT_API_URL={state.api_url}\n"
         f"logs:              {get_settings().state_dir / 'logs'}\n"
         "stop with:         make down"
@@ -368,7 +640,32 @@ def up_command(
 def down_command() -> None:
     """Stop the local stack (data kept)."""
     stopped = down()
-    typer.echo("stopped: " + ", ".join(stopped) if stopped else "nothing was running")
+    typer.echo("\n".join(stopped) if stopped else "nothing was running")
+
+
+@app.command("notify")
+def notify_command(
+    webhook: str = typer.Option(..., help="URL that receives a JSON POST {subject, body}."),
+    api_url: str = typer.Option(
+        None, envvar="PREFECT_API_URL", help="Prefect API (default: the running local stack's)."
+    ),
+) -> None:
+    """Notify a webhook when a nightly retraining fails: the block and the automation together."""
+    state = read_state(get_settings())
+    api = api_url or (state.api_url if state else None)
+    if api is None:
+        typer.echo("no Prefect API: start the stack (make up) or set PREFECT_API_URL", err=True)
+        raise typer.Exit(2)
+    try:
+        block_id, automation_id = notify(api, webhook)
+    except ValueError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+    typer.echo(
+        f"webhook block {NOTIFY_BLOCK} ({block_id}) -> {webhook}\n"
+        f"automation nightly-retrain-failed ({automation_id}): a nightly-retrain run that ends "
+        "Failed or Crashed POSTs {subject, body} to it"
+    )
 
 
 @app.command("status")

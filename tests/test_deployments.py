@@ -216,12 +216,124 @@ def test_score_folder_through_the_local_stack(settings, tiny_champion, tmp_path)
     assert stack.read_state(settings) is None
 
 
+def wait_for(condition, what: str, timeout: float = 120.0):
+    deadline = time.monotonic() + timeout
+    while not (found := condition()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(1)
+    return found
+
+
+def flow_run_processes(run_id) -> list:
+    """Processes running the flow run ``run_id`` (Prefect passes its id in the environment)."""
+    import psutil
+
+    found = []
+    for process in psutil.process_iter():
+        try:
+            if process.environ().get("PREFECT__FLOW_RUN_ID") == str(run_id):
+                found.append(process)
+        except psutil.Error:
+            continue
+    return found
+
+
+@pytest.mark.integration
+def test_the_local_stack_recovers(settings, tmp_path, monkeypatch, webhook):
+    """Issue 13, item 6: `make down` during a run left it Running forever after `make up`,
+    holding the deployment's concurrency slot; `make up` reverted schedules paused in the UI;
+    the failed-nightly notification is set up by one command and reaches a webhook."""
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import Pending, Running, Scheduled
+
+    from cxr_model.embedded_store import free_ports
+
+    monkeypatch.delenv("CXR_INBOX_MINUTES", raising=False)
+    port = free_ports(1)[0]
+    state = stack.up(port, settings)
+    try:
+        assert set(state.deployments.values()) == {"updated (no record of what was deployed)"}
+        block_id, _ = stack.notify(state.api_url, webhook.url)
+        with stack.prefect_client(state.api_url) as client:
+            nightly = client.read_deployment_by_name("retrain/nightly-retrain")
+            assert nightly.global_concurrency_limit.limit == 1
+            # the operator pauses the nightly schedule in the UI
+            (schedule,) = client.read_deployment_schedules(nightly.id)
+            client.update_deployment_schedule(nightly.id, schedule.id, active=False)
+            # a real nightly run, picked up by the worker
+            interrupted = client.create_flow_run_from_deployment(nightly.id)
+            wait_for(
+                lambda: client.read_flow_run(interrupted.id).state.is_running(),
+                "the nightly run to be Running",
+                timeout=300,
+            )
+            slots = client.read_deployment(nightly.id).global_concurrency_limit.active_slots
+            assert slots == 1
+        wait_for(lambda: flow_run_processes(interrupted.id), "the flow run's process")
+
+        stopped = stack.down(settings)
+        assert not flow_run_processes(interrupted.id), "a flow run outlived make down"
+        assert any(interrupted.name in line and "Crashed" in line for line in stopped), stopped
+
+        monkeypatch.setenv("CXR_INBOX_MINUTES", "5")  # prefect.yaml's inbox schedule changes
+        state = stack.up(port, settings)
+        assert state.deployments["nightly-retrain"] == "kept"
+        assert state.deployments["score-folder"] == "kept"
+        assert state.deployments["score-inbox"].startswith("updated")
+        with stack.prefect_client(state.api_url) as client:
+            run = client.read_flow_run(interrupted.id)
+            assert run.state.type == StateType.CRASHED
+            assert "make down" in run.state.message
+            nightly = client.read_deployment_by_name("retrain/nightly-retrain")
+            assert nightly.global_concurrency_limit.active_slots == 0
+            (schedule,) = client.read_deployment_schedules(nightly.id)
+            assert schedule.active is False  # still paused, as the operator left it
+            inbox = client.read_deployment_by_name("score-inbox/score-inbox")
+            assert inbox.schedules[0].schedule.cron == "*/5 * * * *"
+
+            # the slot is free: a new nightly run takes it (no AwaitingConcurrencySlot)
+            later = Scheduled(scheduled_time=in_days(1))
+            orphan = client.create_flow_run_from_deployment(nightly.id, state=later)
+            assert client.set_flow_run_state(orphan.id, Pending()).state.type == StateType.PENDING
+            assert client.set_flow_run_state(orphan.id, Running()).state.type == StateType.RUNNING
+
+        # the machine goes down: worker and server killed, no make down
+        for pid in (state.worker_pid, state.server_pid):
+            stack._stop(pid)
+        state = stack.up(port, settings)
+        assert set(state.deployments.values()) == {"kept"}
+        assert any(orphan.name in line for line in state.reconciled), state.reconciled
+        with stack.prefect_client(state.api_url) as client:
+            run = client.read_flow_run(orphan.id)
+            assert run.state.type == StateType.CRASHED and "without make down" in run.state.message
+            nightly = client.read_deployment_by_name("retrain/nightly-retrain")
+            assert nightly.global_concurrency_limit.active_slots == 0
+            assert str(client.read_block_document(block_id).id) == block_id  # survived restarts
+        # the automation fires on the Crashed nightly run and POSTs to the webhook
+        posted = wait_for(
+            lambda: [m for m in webhook.received if orphan.name in json.dumps(m)],
+            "the failed-nightly webhook POST",
+            timeout=180,
+        )
+        assert "Crashed" in posted[0]["subject"], posted
+    finally:
+        stack.down(settings)
+    assert stack.read_state(settings) is None
+
+
+def in_days(days: int):
+    from datetime import UTC, datetime, timedelta
+
+    return datetime.now(UTC) + timedelta(days=days)
+
+
 def test_failed_nightly_automation_is_a_valid_prefect_automation():
+    from uuid import uuid4
+
     from prefect.events.actions import SendNotification
     from prefect.events.schemas.automations import AutomationCore, EventTrigger
 
-    path = REPO / "deployments" / "automations" / "nightly-retrain-failed.yaml"
-    automation = AutomationCore.model_validate(yaml.safe_load(path.read_text()))
+    automation = AutomationCore.model_validate(stack.automation_definition(str(uuid4())))
     assert isinstance(automation.trigger, EventTrigger)
     assert automation.trigger.expect == {"prefect.flow-run.Failed", "prefect.flow-run.Crashed"}
     related = automation.trigger.match_related
@@ -229,6 +341,117 @@ def test_failed_nightly_automation_is_a_valid_prefect_automation():
     assert related["prefect.resource.name"] in ("nightly-retrain", ["nightly-retrain"])
     (action,) = automation.actions
     assert isinstance(action, SendNotification) and "flow_run.name" in action.subject
+
+
+def test_the_automation_file_with_its_placeholder_block_is_refused():
+    """Issue 13, item 6: the automation was accepted with the placeholder block id and failed
+    silently when it fired."""
+    from prefect.events.schemas.automations import AutomationCore
+    from pydantic import ValidationError
+
+    raw = yaml.safe_load(stack.AUTOMATION_FILE.read_text())
+    with pytest.raises(ValidationError, match="block_document_id"):  # `prefect automation create`
+        AutomationCore.model_validate(raw)
+    with pytest.raises(ValueError, match="placeholder.*make notify WEBHOOK"):
+        stack.check_automation(raw, str(stack.AUTOMATION_FILE))
+    for placeholder in stack.BLOCK_PLACEHOLDERS:
+        with pytest.raises(ValueError, match="placeholder.*make notify WEBHOOK"):
+            stack.automation_definition(placeholder)
+
+
+@pytest.mark.parametrize("url", ["", "hooks.example.org/x", "ftp://example.org/x", "http://"])
+def test_a_webhook_that_is_not_an_http_url_is_refused(url):
+    with pytest.raises(ValueError, match="http:// or https:// URL"):
+        stack.webhook_url(url)
+
+
+class WebhookListener:
+    """A webhook receiver on 127.0.0.1: records each POST's JSON body."""
+
+    def __init__(self):
+        import http.server
+        import threading
+
+        received = self.received = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 - http.server's name
+                length = int(self.headers.get("Content-Length", 0))
+                received.append(json.loads(self.rfile.read(length) or b"null"))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def webhook():
+    listener = WebhookListener()
+    yield listener
+    listener.close()
+
+
+def test_notify_creates_the_webhook_block_and_the_automation_together(prefect_harness, webhook):
+    from prefect.blocks.notifications import CustomWebhookNotificationBlock
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL
+
+    api_url = PREFECT_API_URL.value()
+    block_id, automation_id = stack.notify(api_url, webhook.url)
+    block = CustomWebhookNotificationBlock.load(stack.NOTIFY_BLOCK)
+    assert block.url == webhook.url and block.method == "POST"
+    with get_client(sync_client=True) as client:
+        (automation,) = client.read_automations_by_name("nightly-retrain-failed")
+        assert str(automation.id) == automation_id and automation.enabled
+        (action,) = automation.actions
+        assert str(action.block_document_id) == block_id
+    # the block delivers to the listener (the automation's action uses the same call)
+    block.notify("cxr: nightly retraining test Failed", subject="subject line")
+    assert webhook.received == [
+        {"subject": "subject line", "body": "cxr: nightly retraining test Failed"}
+    ]
+    # run again (say with a new URL): one automation, pointing at the replaced block
+    stack.notify(api_url, webhook.url + "2")
+    with get_client(sync_client=True) as client:
+        assert len(client.read_automations_by_name("nightly-retrain-failed")) == 1
+    assert CustomWebhookNotificationBlock.load(stack.NOTIFY_BLOCK).url == webhook.url + "2"
+
+
+def test_up_redeploys_only_the_deployments_whose_definition_changed(settings, monkeypatch):
+    """Issue 13, item 6: `make up` re-deployed everything and so reverted a schedule paused or
+    edited in the UI."""
+    env = stack.prefect_env(settings, 4200)
+    training = stack.nightly_training(env, settings)
+    variables = {stack.NIGHTLY_TRAINING_VARIABLE: training}
+    hashes = stack.deployment_hashes(env, variables)
+    assert set(hashes) == {"nightly-retrain", "score-folder", "score-inbox"}
+    assert stack.deployment_hashes(dict(env), dict(variables)) == hashes  # stable
+    everything = set(hashes)
+    assert set(stack.plan_deployments(hashes, hashes, everything).values()) == {"kept"}
+
+    # a changed environment value changes only the deployments that use it
+    inbox = stack.deployment_hashes(env | {"CXR_INBOX_MINUTES": "5"}, variables)
+    plan = stack.plan_deployments(inbox, hashes, everything)
+    assert plan["score-inbox"].startswith("updated (its definition")
+    assert plan["nightly-retrain"] == plan["score-folder"] == "kept"
+    # the training settings are the nightly's alone
+    other = stack.deployment_hashes(env, {stack.NIGHTLY_TRAINING_VARIABLE: {"epochs": 3}})
+    assert [n for n, h in other.items() if h != hashes[n]] == ["nightly-retrain"]
+    # a deployment deleted on the server, or never recorded, is deployed again
+    plan = stack.plan_deployments(hashes, hashes, everything - {"score-folder"})
+    assert plan["score-folder"] == "updated (not on the server)"
+    plan = stack.plan_deployments(hashes, {}, everything)
+    assert set(plan.values()) == {"updated (no record of what was deployed)"}
 
 
 def nightly_params(env: dict[str, str], training: dict, monkeypatch) -> dict:
