@@ -375,3 +375,24 @@ def test_checkpoints_kept_is_a_setting(settings, monkeypatch):
     monkeypatch.setenv("CXR_KEEP_CHECKPOINTS", "-1")
     with pytest.raises(ValueError, match="keep_checkpoints"):
         Settings()
+
+
+def test_the_retrain_flow_cleans_checkpoints_after_registering(prefect_harness, store):
+    """The task the retraining flow runs after ``register_model``: it reads the setting."""
+    import inspect
+
+    from flows.retrain import retrain
+    from tasks.split import DatasetRef
+    from tasks.train import clean_checkpoints
+
+    source = inspect.getsource(retrain.fn)
+    assert source.index("clean_checkpoints(") > source.index("register_model(")
+    old = checkpoint_prefix("dataset-old", TrainParams(epochs=1))
+    fake_checkpoint(store, old, epochs_done=1, epochs=1)
+    params = TrainParams(epochs=2)
+    current = checkpoint_prefix("dataset-new", params)
+    fake_checkpoint(store, current, epochs_done=2, epochs=2)
+    dataset = DatasetRef(dataset_id="dataset-new", uri="s3://x", split_key="k", counts={})
+    done = clean_checkpoints(dataset, params)
+    assert done.removed == [old] and done.kept == [current] and done.objects_removed == 3
+    assert store.exists(f"{current}/latest.json") and not store.exists(f"{old}/latest.json")
