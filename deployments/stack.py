@@ -364,6 +364,17 @@ def release_runs(api_url: str, message: str) -> list[str]:
     return done
 
 
+def _work_pool_exists(api_url: str) -> bool:
+    from prefect.exceptions import ObjectNotFound
+
+    with prefect_client(api_url) as client:
+        try:
+            client.read_work_pool(WORK_POOL)
+        except ObjectNotFound:
+            return False
+    return True
+
+
 def deploy(env: dict[str, str], settings: Settings, training: dict, log: Path) -> dict[str, str]:
     """(Re)deploy the deployments whose definition changed; keep the others as they are on the
     server (with their schedules and pauses from the UI). Returns :func:`plan_deployments`."""
@@ -415,11 +426,8 @@ def up(port: int = DEFAULT_PORT, settings: Settings | None = None) -> StackState
         deploy_log = logs / "prefect-deploy.log"
         # no worker runs yet: whatever is still Running or Pending was left by a stopped one
         reconciled = release_runs(env["PREFECT_API_URL"], ORPHAN_MESSAGE)
-        _run(
-            _prefect("work-pool", "create", WORK_POOL, "--type", "process", "--overwrite"),
-            env,
-            deploy_log,
-        )
+        if not _work_pool_exists(env["PREFECT_API_URL"]):  # else kept, paused or not
+            _run(_prefect("work-pool", "create", WORK_POOL, "--type", "process"), env, deploy_log)
         _run(
             _prefect(
                 "variable", "set", NIGHTLY_TRAINING_VARIABLE, json.dumps(training), "--overwrite"

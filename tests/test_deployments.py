@@ -295,7 +295,10 @@ def test_the_local_stack_recovers(settings, tmp_path, monkeypatch, webhook):
             later = Scheduled(scheduled_time=in_days(1))
             orphan = client.create_flow_run_from_deployment(nightly.id, state=later)
             assert client.set_flow_run_state(orphan.id, Pending()).state.type == StateType.PENDING
-            assert client.set_flow_run_state(orphan.id, Running()).state.type == StateType.RUNNING
+            assert client.read_deployment(nightly.id).global_concurrency_limit.active_slots == 1
+            # Running (forced: it is scheduled for tomorrow so that the worker leaves it alone)
+            client.set_flow_run_state(orphan.id, Running(), force=True)
+            assert client.read_flow_run(orphan.id).state.is_running()
 
         # the machine goes down: worker and server killed, no make down
         for pid in (state.worker_pid, state.server_pid):
