@@ -64,6 +64,9 @@ PREFECT_FILE = REPO / "deployments" / "prefect.yaml"
 WORK_POOL = "cxr-process"
 DEFAULT_PORT = 4200
 HEALTH_TIMEOUT_S = 240.0  # a Prefect server on 2 busy cores can take a minute or more
+SERVICES_TIMEOUT_S = 60.0
+# What the server logs (INFO) as its automations start listening for events.
+SERVICES_READY_LINE = b"Starting automation change listener"
 STOP_TIMEOUT_S = 20.0
 INBOX_PREFIX = "inbox/"
 # The Prefect variable that prefect.yaml reads the nightly training settings from.
@@ -144,6 +147,8 @@ def prefect_env(settings: Settings, port: int) -> dict[str, str]:
     )
     for name, value in DEPLOY_DEFAULTS.items():
         env.setdefault(name, value)
+    # INFO: the server says when its automations start (wait_for_automations), and what fired
+    env.setdefault("PREFECT_LOGGING_SERVER_LEVEL", "INFO")
     env.setdefault("MALLOC_ARENA_MAX", "2")  # flatter memory in the flow runs (BENCHMARKS.md)
     minutes = env["CXR_INBOX_MINUTES"]
     if not (minutes.isdigit() and 0 < int(minutes) <= 60 and 60 % int(minutes) == 0):
@@ -226,6 +231,20 @@ def wait_healthy(api_url: str, process: subprocess.Popen, log: Path) -> None:
             pass
         time.sleep(1)
     raise RuntimeError(f"the Prefect server did not answer in {HEALTH_TIMEOUT_S:.0f} s; see {log}")
+
+
+def wait_for_automations(log: Path, offset: int, timeout: float = SERVICES_TIMEOUT_S) -> bool:
+    """Block until the server started at ``offset`` of ``log`` evaluates automations (its log
+    says so), so that the events of runs reconciled next reach them. False when it did not."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with log.open("rb") as text:
+            text.seek(offset)
+            if SERVICES_READY_LINE in text.read():
+                time.sleep(2)  # it loads the automations right after saying so
+                return True
+        time.sleep(0.5)
+    return False
 
 
 def _run(command: list[str], env: dict[str, str], log: Path) -> None:
@@ -415,6 +434,8 @@ def up(port: int = DEFAULT_PORT, settings: Settings | None = None) -> StackState
     env = prefect_env(settings, port)
     training = nightly_training(env, settings)
     seed_sample(settings)
+    server_log = logs / "prefect-server.log"
+    offset = server_log.stat().st_size if server_log.exists() else 0
     server = _start(
         _prefect("server", "start", "--host", "127.0.0.1", "--port", str(port)),
         logs / "prefect-server.log",
@@ -424,6 +445,12 @@ def up(port: int = DEFAULT_PORT, settings: Settings | None = None) -> StackState
     try:
         wait_healthy(env["PREFECT_API_URL"], server, logs / "prefect-server.log")
         deploy_log = logs / "prefect-deploy.log"
+        if not wait_for_automations(server_log, offset):
+            typer.echo(
+                f"the server's automations did not start in {SERVICES_TIMEOUT_S:.0f} s (see "
+                f"{server_log}); runs reconciled now may not be notified",
+                err=True,
+            )
         # no worker runs yet: whatever is still Running or Pending was left by a stopped one
         reconciled = release_runs(env["PREFECT_API_URL"], ORPHAN_MESSAGE)
         if not _work_pool_exists(env["PREFECT_API_URL"]):  # else kept, paused or not
@@ -659,6 +686,11 @@ def notify_command(
     ),
 ) -> None:
     """Notify a webhook when a nightly retraining fails: the block and the automation together."""
+    try:
+        webhook_url(webhook)
+    except ValueError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
     state = read_state(get_settings())
     api = api_url or (state.api_url if state else None)
     if api is None:
