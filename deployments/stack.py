@@ -65,6 +65,7 @@ WORK_POOL = "cxr-process"
 DEFAULT_PORT = 4200
 HEALTH_TIMEOUT_S = 240.0  # a Prefect server on 2 busy cores can take a minute or more
 SERVICES_TIMEOUT_S = 60.0
+NOTIFY_GRACE_S = 5.0  # the server's automations act on a crash in about a second
 # What the server logs (INFO) as its automations start listening for events.
 SERVICES_READY_LINE = b"Starting automation change listener"
 STOP_TIMEOUT_S = 20.0
@@ -541,9 +542,13 @@ def _stop_group(pid: int) -> None:
 
 
 def _release_before_stopping(api_url: str) -> list[str]:
-    """The worker is stopped: its runs are Crashed (their slots freed) while the server is up."""
+    """The worker is stopped: its runs are Crashed (their slots freed) while the server is up,
+    which then has a few seconds to notify (the failed-nightly automation) before it stops."""
     try:
-        return release_runs(api_url, DOWN_MESSAGE)
+        released = release_runs(api_url, DOWN_MESSAGE)
+        if any(line.startswith("flow run") for line in released):
+            time.sleep(NOTIFY_GRACE_S)
+        return released
     except Exception as exc:  # noqa: BLE001 - stopping must go on; `up` reconciles the rest
         typer.echo(
             f"could not mark the worker's runs Crashed ({type(exc).__name__}: {exc}); make up will",

@@ -284,6 +284,10 @@ def test_the_local_stack_recovers(settings, tmp_path, monkeypatch, webhook):
             run = client.read_flow_run(interrupted.id)
             assert run.state.type == StateType.CRASHED
             assert "make down" in run.state.message
+            # the failed-nightly automation POSTed the crash to the webhook before the server stopped
+            posted = [m for m in webhook.received if run.name in m["subject"]]
+            assert posted and "Crashed" in posted[0]["subject"], webhook.received
+            assert "make down" in posted[0]["body"]
             nightly = client.read_deployment_by_name("retrain/nightly-retrain")
             assert nightly.global_concurrency_limit.active_slots == 0
             (schedule,) = client.read_deployment_schedules(nightly.id)
@@ -312,13 +316,9 @@ def test_the_local_stack_recovers(settings, tmp_path, monkeypatch, webhook):
             nightly = client.read_deployment_by_name("retrain/nightly-retrain")
             assert nightly.global_concurrency_limit.active_slots == 0
             assert str(client.read_block_document(block_id).id) == block_id  # survived restarts
-        # the automation fires on the Crashed nightly run and POSTs to the webhook
-        posted = wait_for(
-            lambda: [m for m in webhook.received if orphan.name in json.dumps(m)],
-            "the failed-nightly webhook POST",
-            timeout=180,
-        )
-        assert "Crashed" in posted[0]["subject"], posted
+        # (no POST is awaited for this crash: its Running state is a minute old and came from the
+        # server before the restart, so Prefect's event ordering holds the Crashed event up to
+        # 15 minutes for a predecessor this server never saw; a run left overnight has none)
     finally:
         stack.down(settings)
     assert stack.read_state(settings) is None
