@@ -663,6 +663,145 @@ def registry_diff(
     console.print(table)
 
 
+def _store():
+    from cxr_model.config import get_settings
+    from cxr_model.storage import open_store
+
+    return open_store(get_settings())
+
+
+GetWhat = Annotated[
+    str,
+    typer.Argument(
+        help="s3://bucket/key (an object, or a prefix: every object under it), or a run name "
+        "(see `cxr runs`; <flow>/<run> when two flows share it)."
+    ),
+]
+
+
+@app.command()
+def get(
+    what: GetWhat,
+    output: Annotated[
+        str | None,
+        typer.Argument(
+            help="After s3://...: where to save it (default: here). After a run name: "
+            "predictions, predictions-parquet, card, report, quality, data-docs, evaluation, "
+            "training, model, or a key under the run's prefix (e.g. evaluation/roc.png)."
+        ),
+    ] = None,
+    dest: Annotated[
+        str | None, typer.Argument(help="After a run name and output: where to save it.")
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace existing local files.")] = False,
+) -> None:
+    """Download an output of a run from the store to a local path; print where it went."""
+    from cxr_model import outputs
+
+    if what.startswith("s3://"):
+        if dest is not None:
+            _fail(ValueError(f"unexpected argument {dest!r} after {what} and its destination"))
+        output, dest = None, output
+
+    def fetch():
+        target = outputs.resolve(_store(), what, output)
+        return outputs.download(target, Path(dest or "."), overwrite=force)
+
+    path = _registry_call(fetch)
+    console.print(str(path), highlight=False)
+
+
+@app.command("open")
+def open_output(
+    what: GetWhat,
+    output: Annotated[
+        str | None,
+        typer.Argument(help="After a run name: the output (as for `cxr get`)."),
+    ] = None,
+) -> None:
+    """Fetch an output into the local cache, print its path, and open it with the system's
+    opener when there is one (an HTML report comes with its folder: plots, styles)."""
+    from cxr_model import outputs
+    from cxr_model.config import get_settings
+
+    def fetch():
+        target = outputs.resolve(_store(), what, output, with_folder=True)
+        return outputs.fetch_to_cache(target, get_settings().cache_dir)
+
+    path = _registry_call(fetch)
+    console.print(str(path), highlight=False)
+    _launch(path)
+
+
+def _launch(path: Path) -> bool:
+    """Open ``path`` with the platform's opener if it has one and a display; never fails."""
+    import shutil
+
+    if sys.platform == "darwin":
+        opener = shutil.which("open")
+    elif sys.platform.startswith("win"):
+        opener = "start"
+    else:
+        has_display = os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+        opener = shutil.which("xdg-open") if has_display else None
+    if not opener:
+        return False
+    try:
+        typer.launch(str(path))
+    except Exception:  # noqa: BLE001 - the path is printed; opening it is a convenience
+        return False
+    return True
+
+
+@app.command()
+def runs(
+    flow: Annotated[
+        str | None, typer.Option(help="Only this flow's runs: retrain, score, ingest, demo.")
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, help="How many runs to list.")] = 10,
+    as_json: JsonOption = False,
+) -> None:
+    """Recent runs, newest first, with the outputs `cxr get <run> <output>` downloads."""
+    from cxr_model import outputs
+
+    def load():
+        store = _store()
+        found = outputs.list_runs(store, flow)[:limit]
+        return store, [(run, run.outputs()) for run in found]
+
+    store, found = _registry_call(load)
+    if as_json:
+        shown = [
+            {
+                "flow": run.flow,
+                "run": run.name,
+                "updated": run.updated.isoformat(),
+                "prefix": store.uri(run.prefix),
+                "outputs": {name: store.uri(key) for name, key in named.items()},
+            }
+            for run, named in found
+        ]
+        sys.stdout.write(json.dumps(shown, indent=2) + "\n")
+        return
+    if not found:
+        console.print(f"no runs under {store.uri(outputs.RUNS_PREFIX)} yet")
+        return
+    table = Table("run", "flow", "updated", "outputs")
+    for run, named in found:
+        table.add_row(
+            _shown(run.name),
+            run.flow,
+            f"{run.updated:%Y-%m-%d %H:%M}",
+            ", ".join(named) or "-",
+        )
+    console.print(table)
+    console.print(
+        "download one with `cxr get <run> <output> [DEST]`, or open it with `cxr open <run> "
+        "<output>`",
+        highlight=False,
+    )
+
+
 @store_app.command("status")
 def store_status() -> None:
     """Where the embedded store listens, if it runs."""
