@@ -66,46 +66,109 @@ def _shown(text: object) -> str:
     return escape(console_text(text))
 
 
+LOG_KEEP_DAYS = 14
+LOG_FORMAT = "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"
+
+
 def _log_file() -> Path:
+    """Today's log file (one per day, shared by the day's commands); older than
+    :data:`LOG_KEEP_DAYS` days are removed."""
     from cxr_model.config import get_settings
 
     folder = get_settings().state_dir / "logs"
     folder.mkdir(parents=True, exist_ok=True)
-    return folder / f"cxr-{datetime.now():%Y%m%d-%H%M%S}-{os.getpid()}.log"
+    cutoff = time.time() - LOG_KEEP_DAYS * 86400
+    for old in folder.glob("cxr-*.log"):
+        try:
+            if old.stat().st_mtime < cutoff:
+                old.unlink()
+        except OSError:
+            continue  # another command removed it, or it is not ours to remove
+    return folder / f"cxr-{datetime.now():%Y-%m-%d}.log"
 
 
 def _configure(verbose: bool) -> None:
     """Set the environment before Prefect/TensorFlow are imported (they read it at import).
 
-    Without ``--verbose`` the process's stderr, where TensorFlow's native code and library
-    warnings write, goes to a log file under the state folder instead of the terminal.
+    Without ``--verbose``, today's log file under the state folder gets everything the terminal
+    does not show: Python logging at INFO and above (Prefect's flow and task runs, Great
+    Expectations, TensorFlow, cxr's progress lines) through a root handler, which Prefect keeps
+    (it leaves the root logger alone when it already has a handler of the user's), and the
+    process's stderr, where TensorFlow's native code and library warnings write.
     """
     global LOG_FILE
     for name, value in OFFLINE_ENV.items():
         os.environ.setdefault(name, value)
-    if not verbose:
-        for name, value in QUIET_ENV.items():
-            os.environ.setdefault(name, value)
-        LOG_FILE = _log_file()
-        sys.stderr.flush()
-        log_fd = os.open(LOG_FILE, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        os.dup2(log_fd, 2)
-        os.close(log_fd)
     progress = logging.getLogger("cxr.progress")
     progress.setLevel(logging.INFO)
     progress.propagate = False
     if not progress.handlers:
         progress.addHandler(_ProgressHandler())
+    if verbose or LOG_FILE is not None:
+        return
+    for name, value in QUIET_ENV.items():
+        os.environ.setdefault(name, value)
+    LOG_FILE = _log_file()
+    sys.stderr.flush()
+    log_fd = os.open(LOG_FILE, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    command = " ".join(sys.argv[1:])
+    started = f"{datetime.now():%Y-%m-%d %H:%M:%S}"
+    os.write(log_fd, f"\n=== {started} pid {os.getpid()}: cxr {command}\n".encode())
+    os.dup2(log_fd, 2)
+    os.close(log_fd)
+    handler = logging.FileHandler(LOG_FILE, encoding="utf-8")
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler.setLevel(logging.INFO)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    progress.addHandler(handler)
+    logging.captureWarnings(True)
 
 
-def _fail(exc: BaseException) -> None:
+def _fail(exc: BaseException, *, details: bool = True) -> None:
     first, *more = getattr(exc, "lines", None) or [str(exc)]  # a multi-line error lists its lines
     console.print(f"[bold red]error:[/bold red] {_shown(first)}", highlight=False)
     for line in more:
         console.print(f"  {_shown(line)}", highlight=False)
-    if LOG_FILE:
+    if LOG_FILE and details:
         console.print(f"[dim]details: {LOG_FILE} (or rerun with --verbose)[/dim]", highlight=False)
     raise typer.Exit(code=1)
+
+
+def _progress(message: str) -> None:
+    """A progress line now (before the flow's own), with the seconds since the command started."""
+    logging.getLogger("cxr.progress").info(message)
+
+
+def _check_sources(sources: list[str]) -> None:
+    """Fail on a bad source spec or a missing folder or file before anything heavy starts."""
+    from cxr_model.sources import check_source
+
+    for spec in sources:
+        try:
+            check_source(spec)
+        except ValueError as exc:
+            _fail(exc, details=False)
+
+
+def _check_input(source: str) -> str:
+    """A folder to score: ``s3://bucket/prefix`` (its syntax is checked) or a local folder that
+    must exist. Returns the location the flow gets."""
+    if source.startswith("s3://"):
+        bucket = source[len("s3://") :].partition("/")[0]
+        if not bucket:
+            _fail(ValueError(f"no bucket in {source!r}"), details=False)
+        return source
+    location = os.path.abspath(os.path.expanduser(source))
+    if not os.path.isdir(location):
+        _fail(
+            ValueError(f"input folder {location} does not exist or is not a folder"), details=False
+        )
+    return location
+
+
+STARTING = "starting Prefect and TensorFlow (the first import takes a while)…"
 
 
 def _run(title: str, call):
@@ -242,6 +305,8 @@ def demo(
 ) -> None:
     """Run the whole pipeline on a generated (synthetic) sample: ingest → ... → score."""
     _configure(verbose)
+    console.print("[bold]cxr demo[/bold] on a SYNTHETIC sample (generated, not real x-rays)")
+    _progress(STARTING)
     from cxr_model.train import TrainParams
     from flows.demo import DemoParams
     from flows.demo import demo as demo_flow
@@ -250,7 +315,6 @@ def demo(
     overrides = {"epochs": epochs, "image_size": image_size, "batch_size": batch_size}
     chosen = {k: v for k, v in overrides.items() if v is not None}
     params.training = TrainParams(**{**params.training.model_dump(), **chosen})
-    console.print("[bold]cxr demo[/bold] on a SYNTHETIC sample (generated, not real x-rays)")
     result = _run("running the pipeline…", lambda: demo_flow(params))
     r = result.retrain
     console.print()
@@ -276,6 +340,8 @@ def ingest(
 ) -> None:
     """Get images from SOURCES into the raw store and check them (no training)."""
     _configure(verbose)
+    _check_sources(sources)
+    _progress(f"{len(sources)} source(s) found; {STARTING}")
     from flows.ingest import IngestParams
     from flows.ingest import ingest as ingest_flow
 
@@ -329,6 +395,8 @@ def train(
 ) -> None:
     """Retrain on SOURCES: get images → check → split → train → evaluate → gate → register."""
     _configure(verbose)
+    _check_sources(sources)
+    _progress(f"{len(sources)} source(s) found; {STARTING}")
     from cxr_model.gate import GateSettings
     from cxr_model.split import SplitParams
     from cxr_model.train import TrainParams
@@ -379,9 +447,9 @@ def score(
     Images this model version scored before (same bytes, any path) are not predicted again.
     """
     _configure(verbose)
+    location = _check_input(source)
+    _progress(f"scoring {location}; {STARTING}")
     from flows.score import ScoreParams, score_folder
-
-    location = source if source.startswith("s3://") else os.path.abspath(source)
 
     options = {
         "chunk_size": chunk_size,
@@ -424,6 +492,9 @@ def score_inbox(
     """Score the files in the inbox that this model has not scored yet (what the scheduled
     score-inbox deployment runs)."""
     _configure(verbose)
+    if inbox is not None:
+        inbox = _check_input(inbox)
+    _progress(f"scoring the inbox; {STARTING}")
     from flows.score import InboxParams
     from flows.score import score_inbox as score_inbox_flow
 
