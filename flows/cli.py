@@ -9,15 +9,16 @@ import sys
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
-from rich.markdown import Markdown
 from rich.markup import escape
-from rich.table import Table
 
 from cxr_model.safe_text import console_text
+
+if TYPE_CHECKING:  # rich.markdown and rich.table take a second to import: only when used
+    from rich.table import Table
 
 app = typer.Typer(
     help="cxr: chest x-rays → a registered COVID-vs-normal classifier, and scoring.",
@@ -44,6 +45,14 @@ OFFLINE_ENV = {
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
 }
 
+SOURCES_HELP = (
+    "Where the images come from, one or more of: folder:<path> (or a bare path: "
+    "{covid,normal}/ or Train|Val/{covid,normal}/); manifest:<csv> (file or uri, label, optional "
+    "patient_id, source); s3://bucket/prefix (a folder layout in the store); "
+    "ieee8023:[<base-url>][?<filters>] (filters: views=PA,AP findings=COVID-19 modalities=X-ray, "
+    "joined with &); "
+    "kaggle:[<folder-or-zip>] (?pneumonia=include keeps pneumonia)."
+)
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect and TensorFlow logs.")]
 
 
@@ -333,9 +342,7 @@ def demo(
 
 @app.command()
 def ingest(
-    sources: Annotated[
-        list[str], typer.Argument(help="folder:<path> or manifest:<csv> (a bare path is a folder).")
-    ],
+    sources: Annotated[list[str], typer.Argument(help=SOURCES_HELP, show_default=False)],
     verbose: Verbose = False,
 ) -> None:
     """Get images from SOURCES into the raw store and check them (no training)."""
@@ -346,6 +353,8 @@ def ingest(
     from flows.ingest import ingest as ingest_flow
 
     report = _run("ingesting…", lambda: ingest_flow(IngestParams(sources=sources)))
+    from rich.markdown import Markdown
+
     console.print(Markdown(report.ingest.summary))
     console.print(Markdown(report.quality.summary))
     _print_audit(report.quality.shortcut_flags)
@@ -357,9 +366,7 @@ def ingest(
 
 @app.command()
 def train(
-    sources: Annotated[
-        list[str], typer.Argument(help="folder:<path> or manifest:<csv> (a bare path is a folder).")
-    ],
+    sources: Annotated[list[str], typer.Argument(help=SOURCES_HELP, show_default=False)],
     epochs: Annotated[int, typer.Option(help="Training epochs.")] = 6,
     image_size: Annotated[int, typer.Option(help="Square input size in pixels.")] = 224,
     batch_size: Annotated[int, typer.Option(help="Images per step.")] = 32,
@@ -538,6 +545,8 @@ def _metric(value) -> str:
 
 
 def _moves_table(aliases) -> Table:
+    from rich.table import Table
+
     table = Table("alias", "moved at", "from", "to", "by", "reason")
     for alias in aliases:
         for move in alias.history:
@@ -560,6 +569,8 @@ def registry_list(as_json: JsonOption = False) -> None:
     half-way; `cxr registry gc` removes those) or unreadable. An alias that cannot be read is
     listed on its own row.
     """
+    from rich.table import Table
+
     rows = _registry_call(lambda: _registry().describe())
     if as_json:
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
@@ -645,6 +656,8 @@ def registry_show(
     as_json: JsonOption = False,
 ) -> None:
     """The card of a version, and the aliases that point at it with their history of moves."""
+    from rich.table import Table
+
     from cxr_model.registry import flatten
 
     def load():
@@ -728,10 +741,25 @@ def registry_diff(
     if not rows:
         console.print(f"versions {first} and {second} have the same card fields")
         return
-    table = Table("field", f"version {first}", f"version {second}")
+    console.print(_diff_table(first, second, rows, console.width))
+
+
+def _diff_table(first: int, second: int, rows, width: int) -> Table:
+    """The diff as a table whose field names are never cut: the field column is as wide as the
+    longest name while each value column keeps at least 12 characters; what is longer than its
+    column wraps (folds) onto the next line instead of ending in an ellipsis."""
+    from rich.table import Table
+
+    available = width - 10  # 4 borders and 3 x 2 padding
+    longest = max((len(_shown(row.field)) for row in rows), default=5)
+    field_width = max(min(longest, available - 2 * 12), 10)
+    table = Table(expand=False)
+    table.add_column("field", width=field_width, overflow="fold")
+    for version in (first, second):
+        table.add_column(f"version {version}", ratio=1, overflow="fold")
     for row in rows:
-        table.add_row(row.field, _shown(row.a), _shown(row.b))
-    console.print(table)
+        table.add_row(_shown(row.field), _shown(row.a), _shown(row.b))
+    return table
 
 
 def _store():
@@ -833,6 +861,8 @@ def runs(
     as_json: JsonOption = False,
 ) -> None:
     """Recent runs, newest first, with the outputs `cxr get <run> <output>` downloads."""
+    from rich.table import Table
+
     from cxr_model import outputs
 
     def load():
