@@ -485,6 +485,17 @@ def score(
     console.print(
         f"predictions: {result.predictions_uri} (Parquet: {result.predictions_parquet_uri})"
     )
+    _get_hint(result.predictions_uri, "predictions")
+
+
+def _get_hint(uri: str | None, output: str) -> None:
+    """How to download ``uri`` (an output under ``runs/<flow>/<run>/``) with `cxr get`."""
+    parts = (uri or "").removeprefix("s3://").split("/")
+    if len(parts) >= 5 and parts[1] == "runs":
+        console.print(
+            f"download:    cxr get {_shown(parts[3])} {output} [DEST] (all runs: cxr runs)",
+            highlight=False,
+        )
 
 
 @app.command("score-inbox")

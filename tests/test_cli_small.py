@@ -128,3 +128,15 @@ def test_a_resumed_training_says_it_resumed() -> None:
     assert partly.startswith("resumed from the checkpoint after epoch 1: trained 2 more epoch(s)")
     assert fresh.startswith("trained in 30s (10.0 images/s on CPU:0, float32)")
     assert "validation accuracy 0.650 (epoch 3)" in fresh
+
+
+def test_scoring_says_how_to_download_the_predictions(monkeypatch) -> None:
+    out = io.StringIO()
+    monkeypatch.setattr(cli, "console", Console(file=out, width=200, color_system=None))
+
+    cli._get_hint("s3://cxr/runs/score/score-inbox-2026-12-03/predictions.csv", "predictions")
+    cli._get_hint("s3://cxr/custom/prefix/predictions.csv", "predictions")  # not a run: no hint
+
+    assert out.getvalue().splitlines() == [
+        "download:    cxr get score-inbox-2026-12-03 predictions [DEST] (all runs: cxr runs)"
+    ]
