@@ -72,7 +72,13 @@ def _timed(args: list[str], env: dict[str, str], timeout: float = 1800) -> dict:
 
 def _import_time(module: str, env: dict[str, str]) -> float:
     started = time.monotonic()
-    subprocess.run([sys.executable, "-c", f"import {module}"], cwd=REPO, env=env, check=True)
+    subprocess.run(
+        [sys.executable, "-c", f"import {module}"],
+        cwd=REPO,
+        env=env,
+        check=True,
+        stderr=subprocess.DEVNULL,
+    )
     return time.monotonic() - started
 
 

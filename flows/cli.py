@@ -76,6 +76,7 @@ def _shown(text: object) -> str:
 
 
 LOG_KEEP_DAYS = 14
+QUIET_LOGGERS = ("httpx", "httpcore", "great_expectations._docs_decorators")
 LOG_FORMAT = "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"
 
 
@@ -132,11 +133,15 @@ def _configure(verbose: bool) -> None:
     root.addHandler(handler)
     root.setLevel(logging.INFO)
     progress.addHandler(handler)
+    for name in QUIET_LOGGERS:  # a line per HTTP request or per decorated function: noise
+        logging.getLogger(name).setLevel(logging.WARNING)
     logging.captureWarnings(True)
 
 
 def _fail(exc: BaseException, *, details: bool = True) -> None:
     first, *more = getattr(exc, "lines", None) or [str(exc)]  # a multi-line error lists its lines
+    if LOG_FILE:  # the file gets the error too, with its traceback
+        logging.getLogger("cxr").error("error: %s", first, exc_info=exc if details else None)
     console.print(f"[bold red]error:[/bold red] {_shown(first)}", highlight=False)
     for line in more:
         console.print(f"  {_shown(line)}", highlight=False)

@@ -88,6 +88,11 @@ LOGGING_PROBE = textwrap.dedent(
     logging.getLogger("great_expectations.core").warning("gx says hello")
     logging.getLogger("tensorflow").warning("tf says hello")
     logging.getLogger("cxr.progress").info("progress says hello")
+    logging.getLogger("httpx").info("HTTP Request: POST /api/logs/")
+    try:
+        cli._fail(RuntimeError("the flow failed"))
+    except BaseException:
+        pass
     warnings.warn("a library warning")
     print(cli.LOG_FILE)
     """
@@ -116,4 +121,7 @@ def test_the_details_log_holds_prefect_gx_and_tensorflow_logs_one_file_a_day(tmp
     for said in ("flow run says hello", "gx says hello", "tf says hello", "progress says hello"):
         assert log.count(said) == 2, log
     assert log.count("a library warning") == 2
+    assert log.count("ERROR cxr: error: the flow failed") == 2
+    assert log.count("RuntimeError: the flow failed") == 2  # with its traceback
+    assert "HTTP Request" not in log  # one line per HTTP request is noise
     assert log.count("=== ") == 2  # each command starts with a header line
