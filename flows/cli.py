@@ -191,7 +191,12 @@ def _run(title: str, call):
 
     with console.status(title):
         try:
-            tie_temporary_api()  # a command killed mid-run leaves no Prefect server behind
+            # a command killed mid-run leaves no Prefect server behind
+            if tie_temporary_api():
+                _progress(
+                    "loaded; starting a temporary Prefect API (with `make up` running, "
+                    "PREFECT_API_URL=http://127.0.0.1:4200/api skips this)"
+                )
             return call()
         except KeyboardInterrupt:
             raise
@@ -903,7 +908,12 @@ def runs(
     if not found:
         console.print(f"no runs under {store.uri(outputs.RUNS_PREFIX)} yet")
         return
-    table = Table("run", "flow", "updated", "outputs")
+    longest = max(len(_shown(run.name)) for run, _ in found)
+    table = Table()  # the run column fits the names whole: they are what `cxr get` takes
+    table.add_column("run", width=max(min(longest, console.width - 40), 10), overflow="fold")
+    table.add_column("flow", no_wrap=True)
+    table.add_column("updated", no_wrap=True)
+    table.add_column("outputs", ratio=1, overflow="fold")
     for run, named in found:
         table.add_row(
             _shown(run.name),
