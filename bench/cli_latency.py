@@ -90,10 +90,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--folder", type=Path, default=DEFAULT_FOLDER)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--skip-demo", action="store_true", help="No demo (and no scoring).")
+    parser.add_argument(
+        "--skip-demo", action="store_true", help="No demo (score with --state-dir)."
+    )
+    parser.add_argument(
+        "--state-dir", type=Path, help="Reuse this state (its store's champion scores the folder)."
+    )
     args = parser.parse_args()
 
-    state = Path(tempfile.mkdtemp(prefix="cxr-latency-"))
+    state = args.state_dir or Path(tempfile.mkdtemp(prefix="cxr-latency-"))
     env = {**os.environ, "CXR_STATE_DIR": str(state), "PYTHONPATH": str(REPO)}
     print(f"machine: {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}; state {state}")
 
@@ -113,17 +118,18 @@ def main() -> None:
     for module in ("tensorflow", "prefect", "flows.score"):
         print(f"import {module}: {_import_time(module, env):.1f} s")
 
-    if args.skip_demo:
+    if args.skip_demo and not args.state_dir:
         return
     try:
-        demo = _timed(["demo"], env)
-        print(
-            f"cxr demo: first line {_fmt(demo['first'])}, first progress line "
-            f"{_fmt(demo['progress'])}, whole run {_fmt(demo['total'])} (exit {demo['code']})"
-        )
-        if demo["code"] != 0:
-            print("\n".join(demo["lines"][-20:]))
-            return
+        if not args.skip_demo:
+            demo = _timed(["demo"], env)
+            print(
+                f"cxr demo: first line {_fmt(demo['first'])}, first progress line "
+                f"{_fmt(demo['progress'])}, whole run {_fmt(demo['total'])} (exit {demo['code']})"
+            )
+            if demo["code"] != 0:
+                print("\n".join(demo["lines"][-20:]))
+                return
         scored = _timed(["score", str(args.folder)], env)
         inner = next(
             (
@@ -140,6 +146,7 @@ def main() -> None:
             f"{_fmt(scored['total'])}, of which the flow's scoring {_fmt(inner)} "
             f"(exit {scored['code']})"
         )
+        print("\n".join(f"    | {line}" for line in scored["lines"] if PROGRESS.match(line)))
         if scored["code"] != 0:
             print("\n".join(scored["lines"][-20:]))
     finally:
