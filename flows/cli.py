@@ -825,7 +825,10 @@ def get(
 
     def fetch():
         target = outputs.resolve(_store(), what, output)
-        return outputs.download(target, Path(dest or "."), overwrite=force)
+        where = Path(dest or ".").expanduser()
+        if dest and dest.endswith(("/", os.sep)):
+            where.mkdir(parents=True, exist_ok=True)  # a folder, even when it does not exist yet
+        return outputs.download(target, where, overwrite=force)
 
     path = _registry_call(fetch)
     console.print(str(path), highlight=False)

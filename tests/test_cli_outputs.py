@@ -69,8 +69,10 @@ def test_cxr_get_a_card_and_a_key_under_the_run(runs_in_store, tmp_path) -> None
     _cxr("get", "retrain-newer", "card", str(tmp_path / "card.md"))
     _cxr("get", "retrain/retrain-newer", "evaluation/roc.png", str(tmp_path))
 
+    _cxr("get", "retrain-newer", "report", f"{tmp_path}/new/folder/")
     assert (tmp_path / "card.md").read_text() == "# card v1\n"
     assert (tmp_path / "roc.png").read_bytes() == b"\x89PNG fake"
+    assert (tmp_path / "new" / "folder" / "evaluation.md").read_text() == "# evaluation\n"
 
 
 def test_cxr_get_names_what_a_run_has_when_the_output_is_missing(runs_in_store) -> None:
