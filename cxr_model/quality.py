@@ -832,12 +832,21 @@ def _decorate_index(docs_dir: Path) -> None:
 def _row_reasons(
     results: list[tuple[ExpectationValidationResult, pd.DataFrame]], settings: QualitySettings
 ) -> dict[str, list[str]]:
-    """Reasons per failing row key, from each failed expectation's ``unexpected_index_list``."""
+    """Reasons per failing row key, from each failed expectation's ``unexpected_index_list``.
+
+    A reason that another of the row's reasons already says in full is left out (a 0-byte file
+    fails the decodable and the bytes expectations: "not decodable: empty file (0 bytes)" and
+    "empty file (0 bytes)" are one reason, the shorter kept).
+    """
     reasons: dict[str, list[str]] = {}
     for r, table in results:
         for key, reason in _failing_rows(r, table, settings):
-            if reason not in reasons.setdefault(key, []):
-                reasons[key].append(reason)
+            found = reasons.setdefault(key, [])
+            if any(reason in other for other in found):
+                found[:] = [other for other in found if reason not in other]
+            elif any(other in reason for other in found):
+                continue
+            found.append(reason)
     return reasons
 
 

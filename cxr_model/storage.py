@@ -25,6 +25,7 @@ from botocore.exceptions import (
     ConnectionClosedError,
     ConnectTimeoutError,
     EndpointConnectionError,
+    NoCredentialsError,
     ReadTimeoutError,
 )
 
@@ -305,6 +306,12 @@ def open_store(settings: Settings) -> ObjectStore:
         )
         raise StoreError(
             f"S3 at {_where(settings)} cannot use bucket {settings.bucket!r}: {hint}"
+        ) from exc
+    except NoCredentialsError as exc:
+        raise StoreError(
+            f"no S3 credentials for {_where(settings)}: set AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE with ~/.aws/credentials), or unset "
+            "CXR_S3_ENDPOINT_URL and CXR_S3_USE_AWS to use the embedded store"
         ) from exc
     except BotoCoreError as exc:
         raise StoreError(
