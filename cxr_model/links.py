@@ -9,14 +9,13 @@ One rule decides the address of every link (Prefect link artifacts, the CLI's li
   that works for ``CXR_LINK_EXPIRY_SECONDS`` (default 7 days, the SigV4 maximum). It carries a
   signature and the access key id, never the secret key.
 
-Plots are never linked: reports carry them inline (:func:`data_uri`), so a report opens whole
-wherever it is opened (the Prefect UI, a browser, a downloaded file).
+Plots are never linked: reports carry them inline, so a report opens whole
+wherever it is opened (the Prefect UI, a browser, a downloaded file):
+:func:`cxr_model.html_report.data_uri`.
 """
 
 from __future__ import annotations
 
-import base64
-import mimetypes
 from urllib.parse import quote
 
 from pydantic import Field
@@ -51,9 +50,3 @@ def object_link(store: ObjectStore, key: str, settings: LinkSettings | None = No
     if settings.reports_url:
         return f"{settings.reports_url.rstrip('/')}/{quote(key)}"
     return store.presigned_url(key, settings.link_expiry_seconds)
-
-
-def data_uri(name: str, data: bytes) -> str:
-    """``data:<type>;base64,...`` for a file's bytes, typed by its name (a PNG plot, ...)."""
-    kind = mimetypes.guess_type(name)[0] or "application/octet-stream"
-    return f"data:{kind};base64,{base64.b64encode(data).decode('ascii')}"

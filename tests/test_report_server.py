@@ -10,7 +10,8 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from cxr_model.links import LinkSettings, data_uri, object_link
+from cxr_model.html_report import data_uri
+from cxr_model.links import LinkSettings, object_link
 from cxr_model.report_server import NotLoopback, ReportServer, key_for
 from cxr_model.storage import ObjectStore
 
