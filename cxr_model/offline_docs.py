@@ -61,8 +61,13 @@ ASSETS = {
     "https://cdn.jsdelivr.net/npm/vega-embed@6": "vega-embed/vega-embed.min.js",
 }
 
-# a <script> or <link> tag, and the address it loads
-_TAG = re.compile(r"<(?:script|link)\b[^>]*>", re.IGNORECASE)
+# GX's logo, fetched from its bucket with the page's date and the context's id in the query;
+# GX ships the same logo with the docs (static/images)
+_GX_LOGO = re.compile(r"https://great-expectations-web-assets\.s3\.[\w.-]+/[^\"'\s)]*")
+LOCAL_LOGO = "images/logo-long.png"  # under the docs' static/ folder
+# a <script>, <link> or <img> tag, and the address it loads
+_TAG = re.compile(r"<(?:script|link|img)\b[^>]*>", re.IGNORECASE)
+_CSS_URL = re.compile(r"""url\(\s*["']?((?:https?:)?//[^"')]*)""", re.IGNORECASE)
 _ADDRESS = re.compile(r"""\b(src|href)\s*=\s*(["'])(.*?)\2""", re.IGNORECASE | re.DOTALL)
 # a CDN's integrity hash and CORS mode mean nothing for a local copy, and crossorigin would make
 # a page opened from disk refuse its own file
@@ -72,7 +77,8 @@ _CDN_ONLY = re.compile(r"""\s(?:integrity|crossorigin)\s*=\s*(["']).*?\1""", re.
 def serve_assets_locally(docs_dir: Path) -> None:
     """Copy the vendored assets into ``docs_dir`` and rewrite every page's CDN tags to them.
 
-    Pages under hidden folders (GX's ``.gx`` store) are left alone; running it again changes
+    GX's logo, which it loads from its own bucket with the context's id in the query, becomes
+    the copy GX ships with the docs. Pages under hidden folders (GX's ``.gx`` store) are left alone; running it again changes
     nothing.
     """
     docs_dir = Path(docs_dir)
@@ -87,12 +93,21 @@ def serve_assets_locally(docs_dir: Path) -> None:
 
 
 def _localised(page: str, vendor: Path) -> str:
+    page = _GX_LOGO.sub((vendor.parent / LOCAL_LOGO).as_posix(), page)
+
     def tag(match: re.Match[str]) -> str:
         text = match.group(0)
         address = _ADDRESS.search(text)
-        if address is None or address.group(3) not in ASSETS:
+        if address is None:
             return text
-        local = (vendor / ASSETS[address.group(3)]).as_posix()
+        target = address.group(3)
+        if target in ASSETS:
+            local = (vendor / ASSETS[target]).as_posix()
+        elif re.match(r"(\.\./)*static/", target):
+            # GX's own files, named one folder too shallow from validation pages (the favicon)
+            local = (vendor.parent / target.split("static/", 1)[1]).as_posix()
+        else:
+            return text
         quote = address.group(2)
         text = (
             text[: address.start()]
@@ -105,10 +120,11 @@ def _localised(page: str, vendor: Path) -> str:
 
 
 def external_assets(page: str) -> list[str]:
-    """The http(s) addresses ``page``'s ``<script>`` and ``<link>`` tags load (none, offline)."""
+    """The http(s) addresses ``page`` loads from ``<script>``, ``<link>`` and ``<img>`` tags and
+    CSS ``url()``s (none, offline; links people click are not loads)."""
     found = []
     for match in _TAG.finditer(page):
         address = _ADDRESS.search(match.group(0))
         if address and re.match(r"(?i)\s*(https?:)?//", address.group(3)):
             found.append(address.group(3))
-    return found
+    return found + _CSS_URL.findall(page)
