@@ -28,6 +28,7 @@ class QualityResult(BaseModel):
     accepted: int
     rejected: int
     report_uri: str
+    report_link: str = ""  # the report as an HTML page a browser opens (cxr_model.links)
     report_key: str  # the full report (JSON), with the shortcut audit
     docs_uri: str
     docs_link: str = ""  # docs_uri as an address a browser opens (cxr_model.links)
@@ -57,8 +58,9 @@ def check_images(manifest_key: str, settings: QualitySettings, report_prefix: st
     docs_uri, docs_link = (objects.uri(docs_key), link(docs_key)) if docs_keys else ("", "")
 
     create_markdown_artifact(markdown=summary, key=artifact_key("data-quality"))
+    report_link = link(report_html)
     create_link_artifact(
-        link=link(report_html),
+        link=report_link,
         link_text="Data quality report (HTML)",
         key=artifact_key("data-quality-report"),
         description=f"Stored at {objects.uri(report_html)}",
@@ -84,6 +86,7 @@ def check_images(manifest_key: str, settings: QualitySettings, report_prefix: st
         accepted=len(accepted),
         rejected=len(report.rejected),
         report_uri=objects.uri(f"{report_prefix}/report.md"),
+        report_link=report_link,
         report_key=f"{report_prefix}/report.json",
         docs_uri=docs_uri,
         docs_link=docs_link,
