@@ -50,6 +50,7 @@ from pydantic import BaseModel, Field
 
 from cxr_model.audit import ShortcutAudit, audit_shortcuts
 from cxr_model.manifest import FACT_COLUMNS
+from cxr_model.offline_docs import serve_assets_locally
 from cxr_model.safe_text import markdown_cell, markdown_text
 from cxr_model.split import TRAIN, VAL, patient_groups
 
@@ -343,6 +344,7 @@ def validate_manifest(
         accepted, threshold=settings.shortcut_auc_threshold, positive_label=positive
     )
     context.build_data_docs(site_names=[DOCS_SITE])
+    serve_assets_locally(docs_dir)
     _write_audit_pages(docs_dir, audit)
 
     paths = dict(zip(frame["key"], frame["original_path"], strict=True))
@@ -466,6 +468,7 @@ def validate_split(
         context, suite, tables, settings.expectation_parameters(), _run_id("cxr-split")
     )
     context.build_data_docs(site_names=[DOCS_SITE])
+    serve_assets_locally(docs_dir)
     _decorate_index(docs_dir)
 
     counts = frame.groupby(["split", "label"]).size()

@@ -32,7 +32,7 @@ from pathlib import Path
 import httpx
 import typer
 
-from cxr_model import embedded_store
+from cxr_model import embedded_store, report_server
 from cxr_model.config import Settings, get_settings
 from cxr_model.embedded_store import process_alive, recorded_process
 from cxr_model.sample import SAMPLE_TRAINING, SampleSpec, generate_sample
@@ -42,6 +42,8 @@ REPO = Path(__file__).resolve().parents[1]
 PREFECT_FILE = REPO / "deployments" / "prefect.yaml"
 WORK_POOL = "cxr-process"
 DEFAULT_PORT = 4200
+REPORTS_PORT = report_server.DEFAULT_PORT
+REPORT_SERVER = [sys.executable, "-m", "cxr_model.report_server"]
 HEALTH_TIMEOUT_S = 240.0  # a Prefect server on 2 busy cores can take a minute or more
 STOP_TIMEOUT_S = 20.0
 INBOX_PREFIX = "inbox/"
@@ -70,6 +72,8 @@ class StackState:
     # process start times, so that a pid reused after the stack died is never taken for it
     server_started: float | None = None
     worker_started: float | None = None
+    reports_pid: int | None = None  # the read-only report server (cxr_model.report_server)
+    reports_started: float | None = None
 
     def process(self, role: str):
         """The live server or worker this state recorded (a psutil.Process), else None."""
@@ -107,6 +111,7 @@ def prefect_env(settings: Settings, port: int) -> dict[str, str]:
     )
     for name, value in DEPLOY_DEFAULTS.items():
         env.setdefault(name, value)
+    env.setdefault("CXR_REPORTS_URL", f"http://127.0.0.1:{REPORTS_PORT}")  # links open there
     env.setdefault("MALLOC_ARENA_MAX", "2")  # flatter memory in the flow runs (BENCHMARKS.md)
     minutes = env["CXR_INBOX_MINUTES"]
     if not (minutes.isdigit() and 0 < int(minutes) <= 60 and 60 % int(minutes) == 0):
@@ -244,6 +249,7 @@ def up(port: int = DEFAULT_PORT, settings: Settings | None = None) -> StackState
         env,
     )
     worker = None
+    reports = _start(REPORT_SERVER, logs / "report-server.log", env)
     try:
         wait_healthy(env["PREFECT_API_URL"], server, logs / "prefect-server.log")
         deploy_log = logs / "prefect-deploy.log"
@@ -270,7 +276,7 @@ def up(port: int = DEFAULT_PORT, settings: Settings | None = None) -> StackState
             env,
         )
     except BaseException:
-        for process in (worker, server):
+        for process in (worker, server, reports):
             if process is not None:
                 _stop(process.pid)
         raise
@@ -283,6 +289,8 @@ def up(port: int = DEFAULT_PORT, settings: Settings | None = None) -> StackState
         started_at=datetime.now(UTC).isoformat(timespec="seconds"),
         server_started=_start_time(server.pid),
         worker_started=_start_time(worker.pid),
+        reports_pid=reports.pid,
+        reports_started=_start_time(reports.pid),
     )
     path = _stack_file(settings)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -336,6 +344,10 @@ def down(settings: Settings | None = None) -> list[str]:
                     "(it stopped and the id was reused); left alone",
                     err=True,
                 )
+        reports = state.reports_pid
+        if reports and recorded_process(reports, state.reports_started, REPORT_SERVER[-1]):
+            _stop(reports)
+            stopped.append(f"report server (pid {reports})")
         if state.started_store and embedded_store.stop(settings.state_dir):
             stopped.append("embedded S3 store")
         _stack_file(settings).unlink()
