@@ -301,6 +301,7 @@ def s3_client(endpoint_url: str, creds: Credentials, *, region: str = "us-east-1
             read_timeout=30,
             retries={"max_attempts": 2, "mode": "standard"},
             s3={"addressing_style": "path"},
+            signature_version="s3v4",  # presigned links too
         ),
     )
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Literal
 
 import numpy as np
@@ -38,6 +38,7 @@ from sklearn.metrics import (
     roc_curve,
 )
 
+from cxr_model.html_report import data_uri
 from cxr_model.safe_text import markdown_cell
 
 __all__ = [
@@ -538,10 +539,16 @@ def per_source_markdown(evaluation: Evaluation) -> list[str]:
 
 
 def evaluation_report_markdown(
-    evaluation: Evaluation, plot_names: Iterable[str] = (), title: str = "Validation evaluation"
+    evaluation: Evaluation,
+    plots: Mapping[str, bytes] | Iterable[str] = (),
+    title: str = "Validation evaluation",
 ) -> str:
-    """A markdown report: key numbers, the plots in ``plot_names`` (embedded by relative file
-    name, so the report sits in the same folder as the PNGs) and the per-source table."""
+    """A markdown report: key numbers, the plots and the per-source table.
+
+    ``plots`` as file name → PNG bytes (:func:`evaluation_plots`) puts each plot inline as a
+    ``data:`` image, so the report shows them wherever it is rendered (the Prefect UI, an HTML
+    page); as file names only, it links them by relative name, for a report stored beside them.
+    """
     lines = [f"## {title}", "", *metrics_table_markdown(evaluation), ""]
     if chosen_on_data(evaluation):
         lines += [
@@ -549,9 +556,14 @@ def evaluation_report_markdown(
             "numbers are optimistic; AUC, average precision and Brier score do not depend on it.",
             "",
         ]
-    names = list(plot_names)
+    names = list(plots)
     ordered = [n for n in PLOT_TITLES if n in names] + [n for n in names if n not in PLOT_TITLES]
-    lines += [f"![{PLOT_TITLES.get(name, name.rsplit('.', 1)[0])}]({name})" for name in ordered]
+    inline = isinstance(plots, Mapping)
+    lines += [
+        f"![{PLOT_TITLES.get(name, name.rsplit('.', 1)[0])}]"
+        f"({data_uri(name, plots[name]) if inline else name})"
+        for name in ordered
+    ]
     if ordered:
         lines.append("")
     if evaluation.per_source:

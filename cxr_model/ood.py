@@ -11,9 +11,9 @@ usable inverse:
   is far from a frontal chest there, even where the network's features are not.
 
 An image's distance is the larger of its Mahalanobis distances in the two views (each in units of
-its median on Val), and the flagging threshold is the distance that ``flag_rate`` of the
-*validation* images exceed (images the model did not fit), so about that share of ordinary,
-in-distribution x-rays is flagged and anything farther is called out of distribution.
+its median on Val), and the flagging threshold is set on the *validation* images (which the model
+did not fit) so that at most ``flag_rate`` of ordinary, in-distribution x-rays are flagged
+(:func:`conformal_threshold`); anything farther is called out of distribution.
 
 The fitted detector is a few arrays (:meth:`OodDetector.to_bytes`, ``.npz``) stored beside the
 model version; scoring computes the features in the same forward pass as the probability
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -141,6 +142,15 @@ class Mahalanobis:
         return np.sqrt(np.maximum(squared, 0.0))
 
 
+def conformal_threshold(val_distances: np.ndarray, flag_rate: float) -> float:
+    """The Val distance of rank ⌈(n + 1)(1 − flag_rate)⌉ (split conformal): a new image from
+    Val's distribution exceeds it with probability at most ``flag_rate``, however few the Val
+    images (with fewer than 1 / flag_rate − 1 of them it is their largest)."""
+    ordered = np.sort(np.asarray(val_distances, dtype=np.float64))
+    rank = min(len(ordered), math.ceil((len(ordered) + 1) * (1 - flag_rate)))
+    return float(ordered[rank - 1])
+
+
 def thumbnails(images: np.ndarray, side: int = THUMBNAIL_SIDE) -> np.ndarray:
     """Each model input ``(n, size, size, channels)`` as a ``side`` × ``side`` grey thumbnail
     (block means of its centre), flattened: the image's layout without its detail."""
@@ -162,7 +172,7 @@ class OodDetector:
     far away); a 12 × 12 thumbnail of the model input says how the image is laid out (a lateral
     view, a gradient or a blank page has no frontal chest's layout, whatever the network makes of
     it). Each view's Mahalanobis distance is divided by its median on Val, the larger of the two
-    is the image's distance, and the threshold is the distance ``flag_rate`` of Val exceeds.
+    is the image's distance, and the threshold is :func:`conformal_threshold` of the Val distances.
     """
 
     features: Mahalanobis
@@ -195,8 +205,7 @@ class OodDetector:
             for view, values in ((features, val[0]), (pixels, val[1]))
         )
         fitted = cls(features, pixels, scales, 1.0, flag_rate, n_train, n_val)
-        threshold = float(np.quantile(fitted.distances(*val), 1 - flag_rate))
-        return replace(fitted, threshold=threshold)
+        return replace(fitted, threshold=conformal_threshold(fitted.distances(*val), flag_rate))
 
     def distances(self, features: np.ndarray, pixels: np.ndarray) -> np.ndarray:
         """The larger of the two views' distances, each in units of its Val median."""

@@ -50,6 +50,7 @@ from pydantic import BaseModel, Field
 
 from cxr_model.audit import ShortcutAudit, audit_shortcuts
 from cxr_model.manifest import FACT_COLUMNS
+from cxr_model.offline_docs import serve_assets_locally
 from cxr_model.safe_text import markdown_cell, markdown_text
 from cxr_model.split import TRAIN, VAL, patient_groups
 
@@ -343,6 +344,7 @@ def validate_manifest(
         accepted, threshold=settings.shortcut_auc_threshold, positive_label=positive
     )
     context.build_data_docs(site_names=[DOCS_SITE])
+    serve_assets_locally(docs_dir)
     _write_audit_pages(docs_dir, audit)
 
     paths = dict(zip(frame["key"], frame["original_path"], strict=True))
@@ -466,6 +468,7 @@ def validate_split(
         context, suite, tables, settings.expectation_parameters(), _run_id("cxr-split")
     )
     context.build_data_docs(site_names=[DOCS_SITE])
+    serve_assets_locally(docs_dir)
     _decorate_index(docs_dir)
 
     counts = frame.groupby(["split", "label"]).size()
@@ -832,12 +835,21 @@ def _decorate_index(docs_dir: Path) -> None:
 def _row_reasons(
     results: list[tuple[ExpectationValidationResult, pd.DataFrame]], settings: QualitySettings
 ) -> dict[str, list[str]]:
-    """Reasons per failing row key, from each failed expectation's ``unexpected_index_list``."""
+    """Reasons per failing row key, from each failed expectation's ``unexpected_index_list``.
+
+    A reason that another of the row's reasons already says in full is left out (a 0-byte file
+    fails the decodable and the bytes expectations: "not decodable: empty file (0 bytes)" and
+    "empty file (0 bytes)" are one reason, the shorter kept).
+    """
     reasons: dict[str, list[str]] = {}
     for r, table in results:
         for key, reason in _failing_rows(r, table, settings):
-            if reason not in reasons.setdefault(key, []):
-                reasons[key].append(reason)
+            found = reasons.setdefault(key, [])
+            if any(reason in other for other in found):
+                found[:] = [other for other in found if reason not in other]
+            elif any(other in reason for other in found):
+                continue
+            found.append(reason)
     return reasons
 
 

@@ -25,6 +25,7 @@ from botocore.exceptions import (
     ConnectionClosedError,
     ConnectTimeoutError,
     EndpointConnectionError,
+    NoCredentialsError,
     ReadTimeoutError,
 )
 
@@ -37,6 +38,7 @@ CLIENT_CONFIG = Config(
     retries={"max_attempts": 4, "mode": "standard"},
     max_pool_connections=16,
     s3={"addressing_style": "path"},
+    signature_version="s3v4",  # presigned links too (botocore presigns S3 with SigV2 otherwise)
 )
 
 
@@ -136,6 +138,16 @@ class ObjectStore:
     def http_url(self, key: str) -> str | None:
         """A browser-friendly address for a key on an endpoint that serves plain GETs."""
         return f"{self.endpoint_url}/{self.bucket}/{key}" if self.endpoint_url else None
+
+    def presigned_url(self, key: str, expires_in: int) -> str:
+        """A GET URL for ``key`` that works without credentials for ``expires_in`` seconds.
+
+        It carries a SigV4 signature and the access key id (never the secret); S3 caps
+        ``expires_in`` at 7 days.
+        """
+        return self.client.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires_in
+        )
 
     def in_bucket(self, bucket: str) -> ObjectStore:
         """The same server and credentials, another bucket (for ``s3://other/...`` inputs)."""
@@ -305,6 +317,12 @@ def open_store(settings: Settings) -> ObjectStore:
         )
         raise StoreError(
             f"S3 at {_where(settings)} cannot use bucket {settings.bucket!r}: {hint}"
+        ) from exc
+    except NoCredentialsError as exc:
+        raise StoreError(
+            f"no S3 credentials for {_where(settings)}: set AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE with ~/.aws/credentials), or unset "
+            "CXR_S3_ENDPOINT_URL and CXR_S3_USE_AWS to use the embedded store"
         ) from exc
     except BotoCoreError as exc:
         raise StoreError(

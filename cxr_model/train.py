@@ -674,3 +674,30 @@ def remove_old_checkpoints(store: ObjectStore, current: str, keep: int) -> Check
     return CheckpointCleanup(
         removed=removed, kept=kept, unfinished=sorted(unfinished), objects_removed=count
     )
+
+
+def training_summary(result: TrainResult) -> str:
+    """One line on how training went; a resumed run says it resumed, and from which epoch,
+    instead of "trained in 0s (0.0 images/s)"."""
+    epochs = len(next(iter(result.history.values()), []))
+    precision = "mixed float16" if result.mixed_precision else "float32"
+    accuracy = (
+        f"train accuracy {result.train_accuracy:.3f}, validation accuracy "
+        f"{result.val_accuracy:.3f} (epoch {result.kept_epoch})"
+    )
+    ran = epochs - result.initial_epoch
+    if result.initial_epoch and ran <= 0:
+        return (
+            f"resumed from the checkpoint, which holds this training finished ({epochs} epochs): "
+            f"nothing trained now; {accuracy}"
+        )
+    speed = (
+        f"{result.seconds:.0f}s ({result.images_per_second:.1f} images/s on "
+        f"{', '.join(result.devices)}, {precision})"
+    )
+    if result.initial_epoch:
+        return (
+            f"resumed from the checkpoint after epoch {result.initial_epoch}: trained {ran} more "
+            f"epoch(s) in {speed}: {accuracy}"
+        )
+    return f"trained in {speed}: {accuracy}"

@@ -53,7 +53,7 @@ import httpx
 import typer
 import yaml
 
-from cxr_model import embedded_store
+from cxr_model import embedded_store, report_server
 from cxr_model.config import Settings, get_settings
 from cxr_model.embedded_store import process_alive, recorded_process
 from cxr_model.sample import SAMPLE_TRAINING, SampleSpec, generate_sample
@@ -63,6 +63,8 @@ REPO = Path(__file__).resolve().parents[1]
 PREFECT_FILE = REPO / "deployments" / "prefect.yaml"
 WORK_POOL = "cxr-process"
 DEFAULT_PORT = 4200
+REPORTS_PORT = report_server.DEFAULT_PORT
+REPORT_SERVER = [sys.executable, "-m", "cxr_model.report_server"]
 HEALTH_TIMEOUT_S = 240.0  # a Prefect server on 2 busy cores can take a minute or more
 SERVICES_TIMEOUT_S = 60.0
 NOTIFY_GRACE_S = 5.0  # the server's automations act on a crash in about a second
@@ -111,6 +113,8 @@ class StackState:
     # what this `up` did: each deployment "kept" or "updated (why)"; runs it marked Crashed
     deployments: dict[str, str] = field(default_factory=dict)
     reconciled: list[str] = field(default_factory=list)
+    reports_pid: int | None = None  # the read-only report server (cxr_model.report_server)
+    reports_started: float | None = None
 
     def process(self, role: str):
         """The live server or worker this state recorded (a psutil.Process), else None."""
@@ -150,6 +154,7 @@ def prefect_env(settings: Settings, port: int) -> dict[str, str]:
         env.setdefault(name, value)
     # INFO: the server says when its automations start (wait_for_automations), and what fired
     env.setdefault("PREFECT_LOGGING_SERVER_LEVEL", "INFO")
+    env.setdefault("CXR_REPORTS_URL", f"http://127.0.0.1:{REPORTS_PORT}")  # links open there
     env.setdefault("MALLOC_ARENA_MAX", "2")  # flatter memory in the flow runs (BENCHMARKS.md)
     minutes = env["CXR_INBOX_MINUTES"]
     if not (minutes.isdigit() and 0 < int(minutes) <= 60 and 60 % int(minutes) == 0):
@@ -427,6 +432,9 @@ def up(port: int = DEFAULT_PORT, settings: Settings | None = None) -> StackState
         for role, pid in (("worker", running.worker_pid), ("server", running.server_pid)):
             if running.process(role) is not None:
                 _stop(pid)
+        reports = running.reports_pid
+        if reports and recorded_process(reports, running.reports_started, REPORT_SERVER[-1]):
+            _stop(reports)
     logs = settings.state_dir / "logs"
     started_store = False
     if settings.embedded:
@@ -443,6 +451,7 @@ def up(port: int = DEFAULT_PORT, settings: Settings | None = None) -> StackState
         env,
     )
     worker = None
+    reports = _start(REPORT_SERVER, logs / "report-server.log", env)
     try:
         wait_healthy(env["PREFECT_API_URL"], server, logs / "prefect-server.log")
         deploy_log = logs / "prefect-deploy.log"
@@ -470,7 +479,7 @@ def up(port: int = DEFAULT_PORT, settings: Settings | None = None) -> StackState
             env,
         )
     except BaseException:
-        for process in (worker, server):
+        for process in (worker, server, reports):
             if process is not None:
                 _stop(process.pid)
         raise
@@ -485,6 +494,8 @@ def up(port: int = DEFAULT_PORT, settings: Settings | None = None) -> StackState
         worker_started=_start_time(worker.pid),
         deployments=deployments,
         reconciled=reconciled,
+        reports_pid=reports.pid,
+        reports_started=_start_time(reports.pid),
     )
     path = _stack_file(settings)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -576,6 +587,10 @@ def down(settings: Settings | None = None) -> list[str]:
                     "(it stopped and the id was reused); left alone",
                     err=True,
                 )
+        reports = state.reports_pid
+        if reports and recorded_process(reports, state.reports_started, REPORT_SERVER[-1]):
+            _stop(reports)
+            stopped.append(f"stopped: report server (pid {reports})")
         if state.started_store and embedded_store.stop(settings.state_dir):
             stopped.append("stopped: embedded S3 store")
         _stack_file(settings).unlink()

@@ -9,15 +9,16 @@ import sys
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
-from rich.markdown import Markdown
 from rich.markup import escape
-from rich.table import Table
 
 from cxr_model.safe_text import console_text
+
+if TYPE_CHECKING:  # rich.markdown and rich.table take a second to import: only when used
+    from rich.table import Table
 
 app = typer.Typer(
     help="cxr: chest x-rays → a registered COVID-vs-normal classifier, and scoring.",
@@ -44,6 +45,14 @@ OFFLINE_ENV = {
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
 }
 
+SOURCES_HELP = (
+    "Where the images come from, one or more of: folder:<path> (or a bare path: "
+    "{covid,normal}/ or Train|Val/{covid,normal}/); manifest:<csv> (file or uri, label, optional "
+    "patient_id, source); s3://bucket/prefix (a folder layout in the store); "
+    "ieee8023:[<base-url>][?<filters>] (filters: views=PA,AP findings=COVID-19 modalities=X-ray, "
+    "joined with &); "
+    "kaggle:[<folder-or-zip>] (?pneumonia=include keeps pneumonia)."
+)
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect and TensorFlow logs.")]
 
 
@@ -66,46 +75,114 @@ def _shown(text: object) -> str:
     return escape(console_text(text))
 
 
+LOG_KEEP_DAYS = 14
+QUIET_LOGGERS = ("httpx", "httpcore", "great_expectations._docs_decorators")
+LOG_FORMAT = "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"
+
+
 def _log_file() -> Path:
+    """Today's log file (one per day, shared by the day's commands); older than
+    :data:`LOG_KEEP_DAYS` days are removed."""
     from cxr_model.config import get_settings
 
     folder = get_settings().state_dir / "logs"
     folder.mkdir(parents=True, exist_ok=True)
-    return folder / f"cxr-{datetime.now():%Y%m%d-%H%M%S}-{os.getpid()}.log"
+    cutoff = time.time() - LOG_KEEP_DAYS * 86400
+    for old in folder.glob("cxr-*.log"):
+        try:
+            if old.stat().st_mtime < cutoff:
+                old.unlink()
+        except OSError:
+            continue  # another command removed it, or it is not ours to remove
+    return folder / f"cxr-{datetime.now():%Y-%m-%d}.log"
 
 
 def _configure(verbose: bool) -> None:
     """Set the environment before Prefect/TensorFlow are imported (they read it at import).
 
-    Without ``--verbose`` the process's stderr, where TensorFlow's native code and library
-    warnings write, goes to a log file under the state folder instead of the terminal.
+    Without ``--verbose``, today's log file under the state folder gets everything the terminal
+    does not show: Python logging at INFO and above (Prefect's flow and task runs, Great
+    Expectations, TensorFlow, cxr's progress lines) through a root handler, which Prefect keeps
+    (it leaves the root logger alone when it already has a handler of the user's), and the
+    process's stderr, where TensorFlow's native code and library warnings write.
     """
     global LOG_FILE
     for name, value in OFFLINE_ENV.items():
         os.environ.setdefault(name, value)
-    if not verbose:
-        for name, value in QUIET_ENV.items():
-            os.environ.setdefault(name, value)
-        LOG_FILE = _log_file()
-        sys.stderr.flush()
-        log_fd = os.open(LOG_FILE, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        os.dup2(log_fd, 2)
-        os.close(log_fd)
     progress = logging.getLogger("cxr.progress")
     progress.setLevel(logging.INFO)
     progress.propagate = False
     if not progress.handlers:
         progress.addHandler(_ProgressHandler())
+    if verbose or LOG_FILE is not None:
+        return
+    for name, value in QUIET_ENV.items():
+        os.environ.setdefault(name, value)
+    LOG_FILE = _log_file()
+    sys.stderr.flush()
+    log_fd = os.open(LOG_FILE, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    command = " ".join(sys.argv[1:])
+    started = f"{datetime.now():%Y-%m-%d %H:%M:%S}"
+    os.write(log_fd, f"\n=== {started} pid {os.getpid()}: cxr {command}\n".encode())
+    os.dup2(log_fd, 2)
+    os.close(log_fd)
+    handler = logging.FileHandler(LOG_FILE, encoding="utf-8")
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler.setLevel(logging.INFO)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    progress.addHandler(handler)
+    for name in QUIET_LOGGERS:  # a line per HTTP request or per decorated function: noise
+        logging.getLogger(name).setLevel(logging.WARNING)
+    logging.captureWarnings(True)
 
 
-def _fail(exc: BaseException) -> None:
+def _fail(exc: BaseException, *, details: bool = True) -> None:
     first, *more = getattr(exc, "lines", None) or [str(exc)]  # a multi-line error lists its lines
+    if LOG_FILE:  # the file gets the error too, with its traceback
+        logging.getLogger("cxr").error("error: %s", first, exc_info=exc if details else None)
     console.print(f"[bold red]error:[/bold red] {_shown(first)}", highlight=False)
     for line in more:
         console.print(f"  {_shown(line)}", highlight=False)
-    if LOG_FILE:
+    if LOG_FILE and details:
         console.print(f"[dim]details: {LOG_FILE} (or rerun with --verbose)[/dim]", highlight=False)
     raise typer.Exit(code=1)
+
+
+def _progress(message: str) -> None:
+    """A progress line now (before the flow's own), with the seconds since the command started."""
+    logging.getLogger("cxr.progress").info(message)
+
+
+def _check_sources(sources: list[str]) -> None:
+    """Fail on a bad source spec or a missing folder or file before anything heavy starts."""
+    from cxr_model.sources import check_source
+
+    for spec in sources:
+        try:
+            check_source(spec)
+        except ValueError as exc:
+            _fail(exc, details=False)
+
+
+def _check_input(source: str) -> str:
+    """A folder to score: ``s3://bucket/prefix`` (its syntax is checked) or a local folder that
+    must exist. Returns the location the flow gets."""
+    if source.startswith("s3://"):
+        bucket = source[len("s3://") :].partition("/")[0]
+        if not bucket:
+            _fail(ValueError(f"no bucket in {source!r}"), details=False)
+        return source
+    location = os.path.abspath(os.path.expanduser(source))
+    if not os.path.isdir(location):
+        _fail(
+            ValueError(f"input folder {location} does not exist or is not a folder"), details=False
+        )
+    return location
+
+
+STARTING = "starting Prefect and TensorFlow (the first import takes a while)…"
 
 
 def _run(title: str, call):
@@ -114,7 +191,12 @@ def _run(title: str, call):
 
     with console.status(title):
         try:
-            tie_temporary_api()  # a command killed mid-run leaves no Prefect server behind
+            # a command killed mid-run leaves no Prefect server behind
+            if tie_temporary_api():
+                _progress(
+                    "loaded; starting a temporary Prefect API (with `make up` running, "
+                    "PREFECT_API_URL=http://127.0.0.1:4200/api skips this)"
+                )
             return call()
         except KeyboardInterrupt:
             raise
@@ -242,6 +324,8 @@ def demo(
 ) -> None:
     """Run the whole pipeline on a generated (synthetic) sample: ingest → ... → score."""
     _configure(verbose)
+    console.print("[bold]cxr demo[/bold] on a SYNTHETIC sample (generated, not real x-rays)")
+    _progress(STARTING)
     from cxr_model.train import TrainParams
     from flows.demo import DemoParams
     from flows.demo import demo as demo_flow
@@ -250,7 +334,6 @@ def demo(
     overrides = {"epochs": epochs, "image_size": image_size, "batch_size": batch_size}
     chosen = {k: v for k, v in overrides.items() if v is not None}
     params.training = TrainParams(**{**params.training.model_dump(), **chosen})
-    console.print("[bold]cxr demo[/bold] on a SYNTHETIC sample (generated, not real x-rays)")
     result = _run("running the pipeline…", lambda: demo_flow(params))
     r = result.retrain
     console.print()
@@ -269,17 +352,19 @@ def demo(
 
 @app.command()
 def ingest(
-    sources: Annotated[
-        list[str], typer.Argument(help="folder:<path> or manifest:<csv> (a bare path is a folder).")
-    ],
+    sources: Annotated[list[str], typer.Argument(help=SOURCES_HELP, show_default=False)],
     verbose: Verbose = False,
 ) -> None:
     """Get images from SOURCES into the raw store and check them (no training)."""
     _configure(verbose)
+    _check_sources(sources)
+    _progress(f"{len(sources)} source(s) found; {STARTING}")
     from flows.ingest import IngestParams
     from flows.ingest import ingest as ingest_flow
 
     report = _run("ingesting…", lambda: ingest_flow(IngestParams(sources=sources)))
+    from rich.markdown import Markdown
+
     console.print(Markdown(report.ingest.summary))
     console.print(Markdown(report.quality.summary))
     _print_audit(report.quality.shortcut_flags)
@@ -291,9 +376,7 @@ def ingest(
 
 @app.command()
 def train(
-    sources: Annotated[
-        list[str], typer.Argument(help="folder:<path> or manifest:<csv> (a bare path is a folder).")
-    ],
+    sources: Annotated[list[str], typer.Argument(help=SOURCES_HELP, show_default=False)],
     epochs: Annotated[int, typer.Option(help="Training epochs.")] = 6,
     image_size: Annotated[int, typer.Option(help="Square input size in pixels.")] = 224,
     batch_size: Annotated[int, typer.Option(help="Images per step.")] = 32,
@@ -329,6 +412,8 @@ def train(
 ) -> None:
     """Retrain on SOURCES: get images → check → split → train → evaluate → gate → register."""
     _configure(verbose)
+    _check_sources(sources)
+    _progress(f"{len(sources)} source(s) found; {STARTING}")
     from cxr_model.gate import GateSettings
     from cxr_model.split import SplitParams
     from cxr_model.train import TrainParams
@@ -379,9 +464,9 @@ def score(
     Images this model version scored before (same bytes, any path) are not predicted again.
     """
     _configure(verbose)
+    location = _check_input(source)
+    _progress(f"scoring {location}; {STARTING}")
     from flows.score import ScoreParams, score_folder
-
-    location = source if source.startswith("s3://") else os.path.abspath(source)
 
     options = {
         "chunk_size": chunk_size,
@@ -410,6 +495,17 @@ def score(
     console.print(
         f"predictions: {result.predictions_uri} (Parquet: {result.predictions_parquet_uri})"
     )
+    _get_hint(result.predictions_uri, "predictions")
+
+
+def _get_hint(uri: str | None, output: str) -> None:
+    """How to download ``uri`` (an output under ``runs/<flow>/<run>/``) with `cxr get`."""
+    parts = (uri or "").removeprefix("s3://").split("/")
+    if len(parts) >= 5 and parts[1] == "runs":
+        console.print(
+            f"download:    cxr get {_shown(parts[3])} {output} [DEST] (all runs: cxr runs)",
+            highlight=False,
+        )
 
 
 @app.command("score-inbox")
@@ -424,6 +520,9 @@ def score_inbox(
     """Score the files in the inbox that this model has not scored yet (what the scheduled
     score-inbox deployment runs)."""
     _configure(verbose)
+    if inbox is not None:
+        inbox = _check_input(inbox)
+    _progress(f"scoring the inbox; {STARTING}")
     from flows.score import InboxParams
     from flows.score import score_inbox as score_inbox_flow
 
@@ -467,6 +566,8 @@ def _metric(value) -> str:
 
 
 def _moves_table(aliases) -> Table:
+    from rich.table import Table
+
     table = Table("alias", "moved at", "from", "to", "by", "reason")
     for alias in aliases:
         for move in alias.history:
@@ -489,6 +590,8 @@ def registry_list(as_json: JsonOption = False) -> None:
     half-way; `cxr registry gc` removes those) or unreadable. An alias that cannot be read is
     listed on its own row.
     """
+    from rich.table import Table
+
     rows = _registry_call(lambda: _registry().describe())
     if as_json:
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
@@ -574,6 +677,8 @@ def registry_show(
     as_json: JsonOption = False,
 ) -> None:
     """The card of a version, and the aliases that point at it with their history of moves."""
+    from rich.table import Table
+
     from cxr_model.registry import flatten
 
     def load():
@@ -657,10 +762,174 @@ def registry_diff(
     if not rows:
         console.print(f"versions {first} and {second} have the same card fields")
         return
-    table = Table("field", f"version {first}", f"version {second}")
+    console.print(_diff_table(first, second, rows, console.width))
+
+
+def _diff_table(first: int, second: int, rows, width: int) -> Table:
+    """The diff as a table whose field names are never cut: the field column is as wide as the
+    longest name while each value column keeps at least 12 characters; what is longer than its
+    column wraps (folds) onto the next line instead of ending in an ellipsis."""
+    from rich.table import Table
+
+    available = width - 10  # 4 borders and 3 x 2 padding
+    longest = max((len(_shown(row.field)) for row in rows), default=5)
+    field_width = max(min(longest, available - 2 * 12), 10)
+    table = Table(expand=False)
+    table.add_column("field", width=field_width, overflow="fold")
+    for version in (first, second):
+        table.add_column(f"version {version}", ratio=1, overflow="fold")
     for row in rows:
-        table.add_row(row.field, _shown(row.a), _shown(row.b))
+        table.add_row(_shown(row.field), _shown(row.a), _shown(row.b))
+    return table
+
+
+def _store():
+    from cxr_model.config import get_settings
+    from cxr_model.storage import open_store
+
+    return open_store(get_settings())
+
+
+GetWhat = Annotated[
+    str,
+    typer.Argument(
+        help="s3://bucket/key (an object, or a prefix: every object under it), or a run name "
+        "(see `cxr runs`; <flow>/<run> when two flows share it)."
+    ),
+]
+
+
+@app.command()
+def get(
+    what: GetWhat,
+    output: Annotated[
+        str | None,
+        typer.Argument(
+            help="After s3://...: where to save it (default: here). After a run name: "
+            "predictions, predictions-parquet, card, report, quality, data-docs, evaluation, "
+            "training, model, or a key under the run's prefix (e.g. evaluation/roc.png)."
+        ),
+    ] = None,
+    dest: Annotated[
+        str | None, typer.Argument(help="After a run name and output: where to save it.")
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace existing local files.")] = False,
+) -> None:
+    """Download an output of a run from the store to a local path; print where it went."""
+    from cxr_model import outputs
+
+    if what.startswith("s3://"):
+        if dest is not None:
+            _fail(ValueError(f"unexpected argument {dest!r} after {what} and its destination"))
+        output, dest = None, output
+
+    def fetch():
+        target = outputs.resolve(_store(), what, output)
+        where = Path(dest or ".").expanduser()
+        if dest and dest.endswith(("/", os.sep)):
+            where.mkdir(parents=True, exist_ok=True)  # a folder, even when it does not exist yet
+        return outputs.download(target, where, overwrite=force)
+
+    path = _registry_call(fetch)
+    console.print(str(path), highlight=False)
+
+
+@app.command("open")
+def open_output(
+    what: GetWhat,
+    output: Annotated[
+        str | None,
+        typer.Argument(help="After a run name: the output (as for `cxr get`)."),
+    ] = None,
+) -> None:
+    """Fetch an output into the local cache, print its path, and open it with the system's
+    opener when there is one (an HTML report comes with its folder: plots, styles)."""
+    from cxr_model import outputs
+    from cxr_model.config import get_settings
+
+    def fetch():
+        target = outputs.resolve(_store(), what, output, with_folder=True)
+        return outputs.fetch_to_cache(target, get_settings().cache_dir)
+
+    path = _registry_call(fetch)
+    console.print(str(path), highlight=False)
+    _launch(path)
+
+
+def _launch(path: Path) -> bool:
+    """Open ``path`` with the platform's opener if it has one and a display; never fails."""
+    import shutil
+
+    if sys.platform == "darwin":
+        opener = shutil.which("open")
+    elif sys.platform.startswith("win"):
+        opener = "start"
+    else:
+        has_display = os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+        opener = shutil.which("xdg-open") if has_display else None
+    if not opener:
+        return False
+    try:
+        typer.launch(str(path))
+    except Exception:  # noqa: BLE001 - the path is printed; opening it is a convenience
+        return False
+    return True
+
+
+@app.command()
+def runs(
+    flow: Annotated[
+        str | None, typer.Option(help="Only this flow's runs: retrain, score, ingest, demo.")
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, help="How many runs to list.")] = 10,
+    as_json: JsonOption = False,
+) -> None:
+    """Recent runs, newest first, with the outputs `cxr get <run> <output>` downloads."""
+    from rich.table import Table
+
+    from cxr_model import outputs
+
+    def load():
+        store = _store()
+        found = outputs.list_runs(store, flow)[:limit]
+        return store, [(run, run.outputs()) for run in found]
+
+    store, found = _registry_call(load)
+    if as_json:
+        shown = [
+            {
+                "flow": run.flow,
+                "run": run.name,
+                "updated": run.updated.isoformat(),
+                "prefix": store.uri(run.prefix),
+                "outputs": {name: store.uri(key) for name, key in named.items()},
+            }
+            for run, named in found
+        ]
+        sys.stdout.write(json.dumps(shown, indent=2) + "\n")
+        return
+    if not found:
+        console.print(f"no runs under {store.uri(outputs.RUNS_PREFIX)} yet")
+        return
+    longest = max(len(_shown(run.name)) for run, _ in found)
+    table = Table()  # the run column fits the names whole: they are what `cxr get` takes
+    table.add_column("run", width=max(min(longest, console.width - 40), 10), overflow="fold")
+    table.add_column("flow", no_wrap=True)
+    table.add_column("updated", no_wrap=True)
+    table.add_column("outputs", ratio=1, overflow="fold")
+    for run, named in found:
+        table.add_row(
+            _shown(run.name),
+            run.flow,
+            f"{run.updated:%Y-%m-%d %H:%M}",
+            ", ".join(named) or "-",
+        )
     console.print(table)
+    console.print(
+        "download one with `cxr get <run> <output> [DEST]`, or open it with `cxr open <run> "
+        "<output>`",
+        highlight=False,
+    )
 
 
 @store_app.command("status")

@@ -15,10 +15,11 @@ from pydantic import BaseModel, Field
 from cxr_model.evaluate import Evaluation, ThresholdRule
 from cxr_model.gate import GateSettings
 from cxr_model.generalisation import Generalisation, honest_line
+from cxr_model.outputs import REGISTERED_FILE
 from cxr_model.quality import QualitySettings
 from cxr_model.split import SplitParams
 from cxr_model.train import TrainParams
-from tasks.common import run_prefix
+from tasks.common import run_prefix, store
 from tasks.crossval import combine_folds, fit_fold
 from tasks.evaluate import evaluate_champion, evaluate_model
 from tasks.ingest import IngestResult, get_images
@@ -115,6 +116,8 @@ def retrain(params: RetrainParams) -> State:
         assessed.ood,
         assessed.ood_key,
     )
+    # `cxr get <run> card` finds the registered version's card through this record
+    store().put_bytes(f"{prefix}/{REGISTERED_FILE}", registered.model_dump_json(indent=2).encode())
     # the new version is registered: older trainings' checkpoints are no longer needed
     cleaned = clean_checkpoints(dataset, params.training, return_state=True)
     if not cleaned.is_completed():

@@ -10,6 +10,8 @@ from prefect import get_run_logger
 from prefect.runtime import flow_run
 
 from cxr_model.config import Settings, get_settings
+from cxr_model.html_report import markdown_to_html
+from cxr_model.links import object_link
 from cxr_model.safe_text import console_text
 from cxr_model.storage import ObjectStore, open_store
 
@@ -60,3 +62,21 @@ def artifact_key(*parts: str) -> str:
 def run_prefix(kind: str) -> str:
     """Where this flow run keeps what it produces: ``runs/<flow name>/<run name>``."""
     return f"runs/{kind}/{flow_run.get_name() or flow_run.get_id() or 'local'}"
+
+
+def link(key: str) -> str:
+    """An address a browser opens for ``key``: on the report server of the local stack, else
+    presigned (:func:`cxr_model.links.object_link`)."""
+    return object_link(store(), key)
+
+
+def put_report(md_key: str, markdown: str, title: str, shown: str | None = None) -> str:
+    """Store a report as Markdown at ``md_key`` and as a standalone HTML page beside it (from
+    ``shown``, the Markdown with its images inline, when the stored one links files beside it);
+    return the HTML page's key."""
+    objects = store()
+    html_key = md_key.removesuffix(".md") + ".html"
+    objects.put_bytes(md_key, markdown.encode(), content_type="text/markdown; charset=utf-8")
+    page = markdown_to_html(shown or markdown, title)
+    objects.put_bytes(html_key, page.encode(), content_type="text/html; charset=utf-8")
+    return html_key

@@ -35,7 +35,7 @@ from cxr_model.ood import OOD_FILE, OodCheck, OodDetector, thumbnails, with_feat
 from cxr_model.registry import CHAMPION, RegistryError
 from cxr_model.split import HOLDOUT, TRAIN, VAL, load_split
 from cxr_model.train import TrainParams
-from tasks.common import TRANSIENT_RETRIES, artifact_key, say, store
+from tasks.common import TRANSIENT_RETRIES, artifact_key, link, put_report, say, store
 from tasks.registry import ChampionEvaluation, registry
 from tasks.split import DatasetRef
 from tasks.train import split_arrays
@@ -52,7 +52,8 @@ class ModelEvaluation(BaseModel):
 
     internal: Evaluation
     generalisation: Generalisation
-    report_uri: str
+    report_uri: str  # s3:// URI of evaluation.html
+    report_link: str = ""  # the same, as an address a browser opens (cxr_model.links)
     ood: OodCheck | None = None
     ood_key: str | None = None
     ood_note: str = ""
@@ -187,13 +188,17 @@ def evaluate_model(
         shortcut_flags=dataset.shortcut_flags,
     )
     labels, probabilities, _ = predictions.of(VAL)
-    report_uri = write_report(evaluation, found, labels, probabilities, f"{run_prefix}/evaluation")
+    report_key = write_report(evaluation, found, labels, probabilities, f"{run_prefix}/evaluation")
+    report_uri, report_link = store().uri(report_key), link(report_key)
     row = evaluation.model_dump(include=set(TABLE_METRICS))
     table = [{"metric": name, "value": row[name]} for name in TABLE_METRICS]
     table += [{"metric": name, "value": value} for name, value in found.evidence().items()]
     create_table_artifact(table, key=artifact_key("evaluation"))
     create_link_artifact(
-        link=report_uri, link_text="Evaluation report", key=artifact_key("evaluation-report")
+        link=report_link,
+        link_text="Evaluation report (HTML, with plots)",
+        key=artifact_key("evaluation-report"),
+        description=f"Stored at {report_uri}",
     )
     say(f"validation: {_headline(evaluation)}; report {report_uri}")
     say(honest_line(evaluation, found))
@@ -201,6 +206,7 @@ def evaluate_model(
         internal=evaluation,
         generalisation=found,
         report_uri=report_uri,
+        report_link=report_link,
         ood=ood,
         ood_key=f"{run_prefix}/{OOD_FILE}" if ood else None,
         ood_note=ood_note,
@@ -222,25 +228,25 @@ def write_report(
     probabilities: np.ndarray,
     prefix: str,
 ) -> str:
-    """evaluation.json, the plots and evaluation.md under ``prefix``; returns the report's URI.
-
-    A copy is kept under the local state folder so the link artifact opens in a browser.
-    """
+    """evaluation.json, the plots, evaluation.md (linking the plots beside it) and evaluation.html
+    (plots inline) under ``prefix``, and the summary artifact with the plots inline; returns the
+    HTML report's key."""
     objects = store()
     plots = evaluation_plots(labels, probabilities, evaluation)
-    report = (
-        estimates_markdown(evaluation, found) + "\n" + evaluation_report_markdown(evaluation, plots)
-    )
+    estimates = estimates_markdown(evaluation, found) + "\n"
     record = {"internal": evaluation.model_dump(), "generalisation": found.model_dump()}
-    files = {"evaluation.json": json.dumps(record, indent=2).encode()}
-    files |= plots | {"evaluation.md": report.encode()}
-    local = get_settings().state_dir / "reports" / prefix
-    local.mkdir(parents=True, exist_ok=True)
-    for name, data in files.items():
+    objects.put_bytes(f"{prefix}/evaluation.json", json.dumps(record, indent=2).encode())
+    for name, data in plots.items():
         objects.put_bytes(f"{prefix}/{name}", data)
-        (local / name).write_bytes(data)
-    create_markdown_artifact(markdown=report, key=artifact_key("evaluation-summary"))
-    return (local / "evaluation.md").resolve().as_uri()
+    shown = estimates + evaluation_report_markdown(evaluation, plots)
+    html_key = put_report(
+        f"{prefix}/evaluation.md",
+        estimates + evaluation_report_markdown(evaluation, list(plots)),
+        "Evaluation report",
+        shown=shown,
+    )
+    create_markdown_artifact(markdown=shown, key=artifact_key("evaluation-summary"))
+    return html_key
 
 
 @task(name="evaluate-champion", **TRANSIENT_RETRIES)

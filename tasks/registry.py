@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from prefect import task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.runtime import flow_run
 from pydantic import BaseModel
 
@@ -14,15 +14,17 @@ from cxr_model.config import get_settings
 from cxr_model.evaluate import Evaluation
 from cxr_model.gate import GateDecision, GateSettings, decide, gate_markdown
 from cxr_model.generalisation import Generalisation
+from cxr_model.html_report import markdown_to_html
 from cxr_model.manifest import read_csv
 from cxr_model.ood import OodCheck
 from cxr_model.quality import QualityReport
 from cxr_model.registry import Registry
-from tasks.common import TRANSIENT_RETRIES, artifact_key, say, store
+from tasks.common import TRANSIENT_RETRIES, artifact_key, link, say, store
 from tasks.split import DatasetRef
 from tasks.train import TrainedModel
 
 CARD_FILE = "model_card.md"
+CARD_PAGE = "model_card.html"  # the same card as a standalone page
 
 
 class ChampionEvaluation(BaseModel):
@@ -44,6 +46,7 @@ class RegisteredModel(BaseModel):
     reason: str
     uri: str
     card_uri: str
+    card_link: str = ""  # the card's HTML page, as an address a browser opens (cxr_model.links)
     model_bytes: int
     overridden: bool = False  # promoted under gate.allow_confounded
 
@@ -136,6 +139,8 @@ def register_model(
         generalisation=generalisation,
     )
     card_key = models.attach(card.version, CARD_FILE, markdown.encode())
+    title = f"Model card: {card.name} v{card.version}"
+    card_page = models.attach(card.version, CARD_PAGE, markdown_to_html(markdown, title).encode())
     models.attach(card.version, "gate.json", decision.model_dump_json(indent=2).encode())
     result = RegisteredModel(
         name=card.name,
@@ -144,18 +149,26 @@ def register_model(
         reason=decision.reason,
         uri=models.version_uri(card.version),
         card_uri=objects.uri(card_key),
+        card_link=link(card_page),
         model_bytes=card.model_bytes,
         overridden=decision.overridden,
     )
     create_markdown_artifact(
         markdown=(
             f"### Registered {card.name} v{card.version} as **{decision.alias}**\n\n"
-            f"- location: `{result.uri}`\n- model card: `{result.card_uri}`\n"
+            f"- location: `{result.uri}`\n"
+            f"- model card: [{CARD_PAGE}]({result.card_link}) (`{result.card_uri}`)\n"
             f"- size: {card.model_bytes / 1e6:.1f} MB\n- dataset: `{card.dataset_id}`\n\n"
             + gate_markdown(decision)
         ),
         key=artifact_key("registered-model"),
     )
     create_markdown_artifact(markdown=markdown, key=artifact_key("model-card"))
+    create_link_artifact(
+        link=result.card_link,
+        link_text=f"Model card of {card.name} v{card.version} (HTML)",
+        key=artifact_key("model-card-page"),
+        description=f"Stored at {objects.uri(card_page)}",
+    )
     say(f"registered {card.name} v{card.version} as {decision.alias}: {decision.reason}")
     return result

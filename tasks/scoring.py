@@ -15,7 +15,7 @@ from cxr_model.images import LEGACY_PREPROCESSING, Preprocessing
 from cxr_model.ood import OodCheck, OodDetector
 from cxr_model.quality import QualitySettings
 from cxr_model.registry import CHAMPION, ModelCard
-from tasks.common import TRANSIENT_RETRIES, artifact_key, say, store
+from tasks.common import TRANSIENT_RETRIES, artifact_key, link, say, store
 from tasks.registry import registry
 
 PREVIEW_ROWS = 20
@@ -185,11 +185,17 @@ def publish_predictions(
         key=artifact_key("scoring-summary"),
     )
     create_table_artifact(preview, key=artifact_key("predictions-preview"))
-    create_link_artifact(link=uri, link_text="predictions CSV", key=artifact_key("predictions"))
     create_link_artifact(
-        link=parquet_key_for(uri),
+        link=link(output_key),
+        link_text="predictions CSV",
+        key=artifact_key("predictions"),
+        description=f"Stored at {uri}",
+    )
+    create_link_artifact(
+        link=link(parquet_key_for(output_key)),
         link_text="predictions Parquet",
         key=artifact_key("predictions-parquet"),
+        description=f"Stored at {parquet_key_for(uri)}",
     )
     say(
         f"scored {summary.scored} of {summary.files} files ({summary.errors} with errors, "

@@ -29,6 +29,7 @@ from cxr_model.train import (
     history_frame,
     remove_old_checkpoints,
     train_model,
+    training_summary,
 )
 from tasks.common import TRANSIENT_RETRIES, artifact_key, say, store
 from tasks.split import DatasetRef
@@ -126,16 +127,7 @@ def fit_model(dataset: DatasetRef, params: TrainParams, run_prefix: str) -> Trai
     }
     objects.put_bytes(training_key, json.dumps(training, indent=2).encode())
     create_table_artifact(history.round(4).to_dict("records"), key=artifact_key("training-history"))
-    if result.initial_epoch == len(history):
-        say(f"the checkpoint holds this training finished ({len(history)} epochs): nothing to redo")
-    elif result.initial_epoch:
-        say(f"resumed from the checkpoint after epoch {result.initial_epoch}")
-    precision = "mixed float16" if result.mixed_precision else "float32"
-    say(
-        f"trained in {result.seconds:.0f}s ({result.images_per_second:.1f} images/s on "
-        f"{', '.join(result.devices)}, {precision}): train accuracy {result.train_accuracy:.3f}, "
-        f"validation accuracy {result.val_accuracy:.3f} (epoch {result.kept_epoch})"
-    )
+    say(training_summary(result))
     return TrainedModel(
         model_key=model_key,
         training_key=training_key,

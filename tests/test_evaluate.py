@@ -3,6 +3,7 @@ out by hand (or by numpy/scikit-learn where the hand computation would be a loop
 
 from __future__ import annotations
 
+import base64
 import json
 
 import numpy as np
@@ -20,6 +21,7 @@ from cxr_model.evaluate import (
     folds_markdown,
     summarise_folds,
 )
+from cxr_model.html_report import linked_images, markdown_to_html
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # 4 covid, 6 normal; at 0.5: tp=3 (0.9, 0.8, 0.6), fn=1 (0.3), fp=1 (0.7), tn=5
@@ -247,3 +249,27 @@ def test_fold_summary_matches_numpy():
     assert len(rows) == 5  # 4 folds and the mean row
     assert f"| mean ± sd | {sum(f.n_images for f in folds)} | " in table
     assert f"{aucs.mean():.3f} ± {aucs.std(ddof=1):.3f}" in table
+
+
+def test_report_with_plot_bytes_shows_them_inline_and_links_no_file():
+    labels, probs = _separable(40, seed=2)
+    result = evaluate_predictions(labels, probs, n_bootstrap=0)
+    plots = evaluation_plots(labels, probs, result)
+    report = evaluation_report_markdown(result, plots)
+    assert linked_images(report) == []  # nothing relative to nothing, no file://
+    assert report.count("](data:image/png;base64,") == 4
+    roc = base64.b64decode(report.split("![ROC curve](data:image/png;base64,")[1].split(")")[0])
+    assert roc == plots["roc.png"]
+    page = markdown_to_html(report, "Evaluation <report>")
+    assert page.count('<img src="data:image/png;base64,') == 4
+    assert "<title>Evaluation &lt;report&gt;</title>" in page
+    assert "<table>" in page and "ROC AUC" in page
+
+
+def test_html_report_shows_markup_in_its_text_as_text():
+    page = markdown_to_html("| source |\n|---|\n| <script>alert(1)</script> |\n", "r")
+    assert "<script>" not in page and "&lt;script&gt;" in page
+    assert linked_images("![x](roc.png) ![y](file:///tmp/a.png)") == [
+        "roc.png",
+        "file:///tmp/a.png",
+    ]

@@ -32,7 +32,7 @@ def hostile_files() -> dict[str, bytes]:
     grey = Image.fromarray(gradient(120, 100))
     png = encoded(grey, "PNG")
     jpeg = encoded(grey, "JPEG")
-    rotated = Image.fromarray(gradient(100, 300))
+    rotated = Image.fromarray(gradient(100, 220))
     exif = rotated.getexif()
     exif[0x0112] = 6  # orientation: rotate 90°
     sixteen = Image.fromarray(gradient(100, 100).astype(np.uint16) * 16)  # I;16
@@ -79,14 +79,13 @@ def test_every_hostile_file_gets_the_expected_outcome(
         "covid/palette.png",
         "covid/la.png",
         "covid/rgba.png",
-        "covid/wide-1000x70.png",
         *(f"normal/good-{n}.png" for n in range(6)),
     }
     facts = described.set_index("original_path")
     assert (
         facts.loc["covid/exif-rotated.jpg", "width"],
         facts.loc["covid/exif-rotated.jpg", "height"],
-    ) == ("300", "100")
+    ) == ("220", "100")
     assert facts.loc["covid/sixteen-bit.png", "mode"].startswith("I")
 
     summary = report.quality.summary
@@ -97,6 +96,7 @@ def test_every_hostile_file_gets_the_expected_outcome(
         "covid/text.png": "not an image",
         "covid/bomb.png": "too many pixels",
         "covid/tiny-8x8.png": "shorter side 8 px < 64 px",
+        "covid/wide-1000x70.png": "aspect ratio 14.29 > 2.5",
     }
     lines = {line for line in summary.splitlines() if "|" in line}
     for name, reason in expected_reasons.items():

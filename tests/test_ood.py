@@ -168,3 +168,12 @@ def test_scoring_flags_noise_and_refuses_what_training_would(trained, real_data,
     assert scored.summary.mostly_out_of_distribution and scored.summary.ood_checked
     if rows["xray.png"].status == OK:
         assert rows["xray.png"].predicted_label in {"covid", "normal"}
+
+
+@pytest.mark.parametrize(("n", "rank"), [(10, 10), (19, 19), (20, 20), (100, 96), (1000, 951)])
+def test_the_threshold_is_the_conformal_rank_of_val(n, rank):
+    from cxr_model.ood import conformal_threshold
+
+    distances = np.random.default_rng(n).permutation(np.arange(1.0, n + 1))
+
+    assert conformal_threshold(distances, 0.05) == rank  # distance k has rank k

@@ -10,6 +10,7 @@ import csv
 import io
 import json
 import pickle
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import pytest
 from PIL import Image
 
 from cxr_model.images import inspect_image
+from cxr_model.offline_docs import ASSETS, VENDORED, external_assets
 from cxr_model.quality import (
     AUDIT_PAGE,
     DATASET_SUITE,
@@ -607,6 +609,40 @@ def test_near_duplicate_distance_comes_from_the_settings(tmp_path: Path) -> None
     assert [p.distance for p in found] == [4]
     report = check_split(frame, tmp_path, images, near_duplicate_distance=3)
     assert report.near_duplicates == [] and report.warnings == []
+
+
+def _loaded_assets(docs: Path) -> dict[Path, list[str]]:
+    """Page → the addresses its <script> and <link> tags load, for every Data Docs page."""
+    pages = [p for p in docs.rglob("*.html") if ".gx" not in p.relative_to(docs).parts]
+    assert len(pages) > 3
+    return {
+        page: re.findall(r"<(?:script|link)\b[^>]*?(?:src|href)=\"([^\"]+)\"", page.read_text())
+        for page in pages
+    }
+
+
+def test_data_docs_load_no_script_or_stylesheet_from_the_internet(tmp_path: Path) -> None:
+    docs = tmp_path / "docs"
+    validate_manifest(one_source_per_class(20), QualitySettings(), docs)
+    validate_split(split_frame(20), manifest(20), QualitySettings(), docs)
+    for page, addresses in _loaded_assets(docs).items():
+        assert external_assets(page.read_text()) == [], page
+        assert addresses or page.name == AUDIT_PAGE, page  # GX pages load styles, scripts ...
+        for address in addresses:
+            assert not re.match(r"(https?:)?//", address), (page, address)
+            assert (page.parent / address).resolve().is_file(), (page, address)  # ... locally
+        assert "integrity=" not in page.read_text() and "crossorigin=" not in page.read_text()
+    index = (docs / "index.html").read_text()
+    assert 'href="static/vendor/bootstrap/css/bootstrap.min.css"' in index
+    assert 'src="static/vendor/jquery/jquery.min.js"' in index
+    fonts = docs / "static" / "vendor" / "fontawesome" / "webfonts"
+    assert (fonts / "fa-solid-900.woff2").stat().st_size > 10_000
+
+
+def test_every_cdn_address_gx_writes_has_a_local_copy() -> None:
+    for address, local in ASSETS.items():
+        assert address.startswith("https://")
+        assert (VENDORED / local).is_file(), local
 
 
 def test_split_results_join_the_manifest_data_docs(tmp_path: Path) -> None:
