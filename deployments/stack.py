@@ -680,6 +680,7 @@ def up_command(
         f"                   on {env['CXR_NIGHTLY_SOURCE']}, training {training} "
         "(over the study's settings)\n"
         f"worker:            pool {WORK_POOL} (pid {state.worker_pid})\n"
+        f"reports:           {env['CXR_REPORTS_URL']} (read-only; the runs' links open here)\n"
         + "".join(
             f"deployment:        {name}: {what}\n" for name, what in state.deployments.items()
         )

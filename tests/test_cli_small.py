@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 from rich.console import Console
+from test_quality import row
 from typer.testing import CliRunner
 
 from cxr_model.config import Settings
@@ -61,36 +62,13 @@ def test_train_help_lists_every_source_kind() -> None:
     assert "…" not in shown.output.split("Options")[0]
 
 
-def _row(i: int, **changes) -> dict:
-    values = dict(
-        key=f"raw/{i:04d}.png",
-        sha256=f"{i:064x}",
-        label="covid" if i % 2 else "normal",
-        source="kaggle",
-        patient_id=f"p{i}",
-        original_path=f"images/{i:04d}.png",
-        view="PA",
-        format="PNG",
-        mode="L",
-        width=256,
-        height=256,
-        bytes=4096,
-        decodable=True,
-        error=None,
-        duplicate_of=None,
-        dhash=None,
-    )
-    values.update(changes)
-    return values
-
-
 def test_an_empty_file_is_quarantined_with_one_reason(tmp_path: Path) -> None:
     from cxr_model.images import inspect_facts
     from cxr_model.quality import QualitySettings, validate_manifest
 
     facts = inspect_facts(b"")  # what ingest records for a 0-byte file
-    rows = [_row(i) for i in range(20)]
-    rows[3] = _row(3, **{k: v for k, v in facts.items() if k in rows[3]})
+    rows = [row(i) for i in range(20)]
+    rows[3] = row(3, **{k: v for k, v in facts.items() if k in rows[3]})
     report = validate_manifest(pd.DataFrame(rows), QualitySettings(), tmp_path / "docs")
 
     assert [(r.key, r.reasons) for r in report.rejected] == [

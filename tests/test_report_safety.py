@@ -14,6 +14,7 @@ import shutil
 import pandas as pd
 import pytest
 from test_pipeline import _cxr
+from test_safe_text import _runs_as_formula
 
 from cxr_model.manifest import read_csv
 
@@ -24,15 +25,8 @@ FORMULAS = ["=cmd|' /C calc'!A0", "@SUM(1+1)*cmd|' /C calc'!A0", "+1+1", "-2+3"]
 
 
 def _formula_cells(data: bytes) -> list[str]:
-    def runs(cell: str) -> bool:
-        try:
-            float(cell)
-            return False
-        except ValueError:
-            return cell[:1] in {"=", "+", "-", "@", "\t", "\r"}
-
     rows = csv.reader(io.StringIO(data.decode("utf-8"), newline=""))
-    return [cell for row in rows for cell in row if runs(cell)]
+    return [cell for row in rows for cell in row if _runs_as_formula(cell)]
 
 
 def test_hostile_names_and_values_are_published_safely(
