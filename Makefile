@@ -1,4 +1,6 @@
 # Everything installs from the lockfile into .venv; uv itself is bootstrapped into .tools.
+# `make install` brings the `train` extra (TensorFlow, Keras, the ONNX exporter) for training and
+# the tests; `make install-score` only what scoring needs (ONNX Runtime, no TensorFlow).
 PYTHON ?= python3
 UV_VERSION := 0.13.9
 TOOLS := .tools
@@ -10,7 +12,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 # thread, and memory creeps up with the number of images (BENCHMARKS.md, "Scoring throughput").
 export MALLOC_ARENA_MAX ?= 2
 
-.PHONY: install demo test lint bench ui up down notify store-stop clean
+.PHONY: install install-score bench-runtimes demo test lint bench ui up down notify store-stop clean
 
 install: .venv/.synced
 
@@ -19,8 +21,12 @@ $(UV):
 	$(TOOLS)/bin/python -m pip install --quiet "uv==$(UV_VERSION)"
 
 .venv/.synced: pyproject.toml uv.lock | $(UV)
-	$(UV) sync --frozen
+	$(UV) sync --frozen --extra train
 	@touch $@
+
+install-score: | $(UV)
+	$(UV) sync --frozen --no-dev
+	@rm -f .venv/.synced
 
 demo: install
 	$(RUN) cxr demo
@@ -33,6 +39,12 @@ lint: install
 
 bench: install
 	$(RUN) python bench/train_throughput.py
+
+# Keras/TensorFlow vs ONNX Runtime vs OpenVINO for scoring (OpenVINO comes from the bench group).
+bench-runtimes: install
+	$(UV) sync --frozen --extra train --group bench
+	$(RUN) python bench/inference_runtimes.py
+	@rm -f .venv/.synced
 
 ui: install
 	$(RUN) prefect server start --host 127.0.0.1 --port 4200

@@ -26,8 +26,6 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 from pydantic import BaseModel
-from sklearn.metrics import roc_auc_score
-from sklearn.model_selection import StratifiedKFold
 
 from cxr_model.safe_text import markdown_cell, markdown_text
 
@@ -325,6 +323,8 @@ def _score(
     seed: int,
 ) -> FeatureScore | str:
     """The feature's AUC, or why it cannot be scored."""
+    from sklearn.metrics import roc_auc_score  # scoring imports this module: not then
+
     present = values.notna().to_numpy()
     if not present.any():
         return "no values"
@@ -363,6 +363,8 @@ def _score(
 def _out_of_fold_rate(values: pd.Series, y: np.ndarray, n_splits: int, seed: int) -> np.ndarray:
     """Each row's category's positive rate, learnt on the other folds (their overall rate for a
     category they do not contain)."""
+    from sklearn.model_selection import StratifiedKFold  # scoring imports this module: not then
+
     encoded = np.zeros(len(values), dtype=float)
     folds = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     target = pd.Series(y.astype(float), index=values.index)

@@ -43,6 +43,7 @@ __all__ = [
     "Mahalanobis",
     "OodCheck",
     "feature_extractor",
+    "has_feature_head",
     "thumbnails",
     "with_features",
 ]
@@ -96,6 +97,15 @@ def with_features(model: keras.Model) -> keras.Model:
 
     head = _head(model)
     return keras.Model(model.inputs, [model.outputs[0], head.input], name=f"{model.name}_features")
+
+
+def has_feature_head(model: keras.Model) -> bool:
+    """``model`` ends in a dense probability layer over penultimate features (not an ensemble)."""
+    try:
+        _head(model)
+    except ValueError:
+        return False
+    return True
 
 
 def feature_extractor(model: keras.Model) -> keras.Model:

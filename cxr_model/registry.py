@@ -28,7 +28,9 @@ version; a later promotion is undone before any earlier one. With one move left 
 creation) there is nothing to roll back to, which is an error.
 
 Loading checks the model file's sha256 against the card and uses Keras safe mode. Keras is imported
-only when a model is loaded, so listing and moving aliases stay light. A card or alias record that
+only when a model is loaded, so listing and moving aliases stay light. Scoring loads the version's
+ONNX export instead (``model.onnx``, attached at registration, its sha256 on the card as
+``inference``; :mod:`cxr_model.inference`), verified the same way, without TensorFlow. A card or alias record that
 cannot be parsed raises :class:`UnreadableEntry`, one line naming its key and the first problem;
 :meth:`Registry.describe` lists everything else and marks such entries.
 """
@@ -137,6 +139,13 @@ class ModelCard(BaseModel):
         description="The version's out-of-distribution check (cxr_model.ood.OodCheck: its "
         "attached file and sha256, threshold, and the share of Val and Holdout it flags); None "
         "when it has none (an ensemble, or registered before it existed).",
+    )
+    inference: dict | None = Field(
+        default=None,
+        description="The version's ONNX export for scoring without TensorFlow "
+        "(cxr_model.inference.InferenceArtifact: its attached file, sha256, input contract, "
+        "outputs and the parity checked at export); None on versions registered before it, "
+        "which are scored with Keras.",
     )
 
 
@@ -291,6 +300,7 @@ def library_versions() -> dict[str, str]:
     names = [
         "tensorflow",
         "keras",
+        "onnxruntime",
         "numpy",
         "scikit-learn",
         "pillow",
@@ -676,16 +686,7 @@ class Registry:
         import keras
 
         card = self.complete_card(self.resolve(ref))
-        path = self.cache_dir / "models" / self.name / f"{card.version:06d}" / MODEL_FILE
-        if not path.exists() or sha256_file(path) != card.model_sha256:
-            self.store.download(card.model_key, path)
-        actual = sha256_file(path)
-        if actual != card.model_sha256:
-            path.unlink(missing_ok=True)
-            raise RegistryError(
-                f"{self.store.uri(card.model_key)} has sha256 {actual}, but its card says "
-                f"{card.model_sha256}: refusing to load a model that changed after registration"
-            )
+        path = self._cached(card, card.model_key, card.model_sha256)
         try:
             model = keras.saving.load_model(path, compile=False, safe_mode=True)
         except Exception as exc:  # noqa: BLE001 - a stored file is input: any failure is refused
@@ -695,6 +696,41 @@ class Registry:
                 f"{type(exc).__name__}: {reason}"
             ) from exc
         return model, card
+
+    def inference_file(self, ref: str | int) -> tuple[Path | None, ModelCard]:
+        """The local copy of the ONNX export of the version behind ``ref``, verified against the
+        sha256 its card records; None for a version registered before exports existed."""
+        card = self.complete_card(self.resolve(ref))
+        if card.inference is None:
+            return None, card
+        file = str(card.inference.get("file", ""))
+        if not ATTACHMENT_NAME.fullmatch(file):
+            raise UnreadableEntry(
+                f"{self.store.uri(self._card_key(card.version))}: inference file {file!r} is not "
+                "a plain file name"
+            )
+        key = f"{self._version_prefix(card.version)}/{file}"
+        return self._cached(card, key, str(card.inference.get("sha256", ""))), card
+
+    def _cached(self, card: ModelCard, key: str, sha256: str) -> Path:
+        """The file at ``key`` of ``card``'s version in the local cache (downloaded when missing
+        or different), verified against ``sha256``: local disk is only a cache of the store."""
+        path = self.cache_dir / "models" / self.name / f"{card.version:06d}" / key.rsplit("/")[-1]
+        if not path.exists() or sha256_file(path) != sha256:
+            if not self.store.exists(key):
+                raise RegistryError(
+                    f"{self.store.uri(key)} is missing, but the card of version {card.version} "
+                    "names it"
+                )
+            self.store.download(key, path)
+        actual = sha256_file(path)
+        if actual != sha256:
+            path.unlink(missing_ok=True)
+            raise RegistryError(
+                f"{self.store.uri(key)} has sha256 {actual}, but its card says {sha256}: "
+                "refusing to load a model that changed after registration"
+            )
+        return path
 
     def describe(self) -> list[dict]:
         """Every version number in use with its status and aliases, for listings.

@@ -90,6 +90,8 @@ from cxr_model.storage import ObjectStore, parse_s3_uri
 if TYPE_CHECKING:
     import keras
 
+    from cxr_model.inference import OnnxModel
+
 PREDICTION_COLUMNS = [
     "source_path",
     "sha256",
@@ -115,6 +117,9 @@ SCORES_PREFIX = "scores"
 BATCHES_FOLDER = "batches"
 BATCH_TOKEN_BYTES = 4  # random hex in a batch's key, so two chunks never pick the same key
 PREDICT_BATCH = 32  # a power of two (see padded_size)
+# ONNX Runtime gets as many images per second from 8 as from 32 (bench/inference_runtimes.py)
+# while holding a quarter of the activations: 32 × 224² images through the study CNN take ~0.6 GB.
+ONNX_BATCH = 8
 # Files of a chunk read and hashed at once: reads mostly wait on the store or the disk.
 PARALLEL_READS = 8
 # Files of a chunk decoded at once: decoding is CPU work (Pillow releases the GIL), and more
@@ -373,31 +378,39 @@ def read_input(path: str, store: ObjectStore) -> bytes:
         return read_capped(stream, path)
 
 
-def keras_predictor(model: keras.Model, ood: OodDetector | None = None) -> Predict:
-    """:data:`Predict` for a Keras model: ``predict_on_batch`` on batches of at most
-    :data:`PREDICT_BATCH`, one batch at a time. With ``ood`` (the version's fitted
-    out-of-distribution check) the same pass also gives the penultimate features, and each image
-    gets its OOD score with its probability.
+RunBatch = Callable[[np.ndarray], tuple[np.ndarray, "np.ndarray | None"]]
+"""One batch of pixels → covid probabilities ``(n,)`` and the penultimate features ``(n, k)``
+(None for a model run without them)."""
 
-    ``predict_on_batch`` skips what ``model.predict`` sets up on every call (a data adapter, an
-    iterator, callbacks). A last, smaller batch is padded to :func:`padded_size` rather than to a
-    whole batch, so a run of 100 images predicts 100, not 128. TensorFlow already spreads one
-    batch over every core, so concurrent chunks take turns at the model batch by batch, while
-    their reading and decoding go on.
+
+def batch_predictor(
+    run: RunBatch, ood: OodDetector | None = None, batch_size: int = PREDICT_BATCH
+) -> Predict:
+    """:data:`Predict` over a model's ``run``: batches of at most ``batch_size``, one batch at a
+    time. With ``ood`` (the version's fitted out-of-distribution check) ``run`` also gives the
+    penultimate features, and each image gets its OOD score with its probability.
+
+    A last, smaller batch is padded to :func:`padded_size` rather than to a whole batch, so a
+    run of 100 images predicts 100, not 128. The runtime already spreads one batch over every
+    core, so concurrent chunks take turns at the model batch by batch, while their reading and
+    decoding go on.
     """
     lock = threading.Lock()
-    network = model if ood is None else with_features(model)
 
     def predict(pixels: np.ndarray) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         probabilities, scores = [np.empty(0, np.float32)], [np.empty(0)]
-        for start in range(0, len(pixels), PREDICT_BATCH):
-            batch = pixels[start : start + PREDICT_BATCH].astype(np.float32, copy=False)
-            padding = np.zeros((padded_size(len(batch)) - len(batch), *batch.shape[1:]), np.float32)
+        for start in range(0, len(pixels), batch_size):
+            batch = pixels[start : start + batch_size].astype(np.float32, copy=False)
+            size = padded_size(len(batch), batch_size)
+            padding = np.zeros((size - len(batch), *batch.shape[1:]), np.float32)
             whole = np.concatenate([batch, padding]) if len(padding) else batch
             with lock:
-                predicted = network.predict_on_batch(whole)
+                predicted, features = run(whole)
             if ood is not None:
-                predicted, features = predicted
+                if features is None:
+                    raise ValueError(
+                        "the model gives no features for its out-of-distribution check"
+                    )
                 scores.append(ood.scores(np.asarray(features)[: len(batch)], batch))
             probabilities.append(np.asarray(predicted).reshape(-1)[: len(batch)])
         if ood is None:
@@ -407,11 +420,32 @@ def keras_predictor(model: keras.Model, ood: OodDetector | None = None) -> Predi
     return predict
 
 
-def padded_size(count: int) -> int:
-    """The batch size ``count`` images (1 to :data:`PREDICT_BATCH`) are predicted as: the next
-    power of two. Few distinct shapes mean few traces of the predict function (TensorFlow
-    generalises after the second; JAX would compile each), and little padding."""
-    return min(PREDICT_BATCH, 1 << (count - 1).bit_length())
+def keras_predictor(model: keras.Model, ood: OodDetector | None = None) -> Predict:
+    """:func:`batch_predictor` for a Keras model (versions registered before ONNX exports, and
+    models being trained): ``predict_on_batch``, which skips what ``model.predict`` sets up on
+    every call (a data adapter, an iterator, callbacks)."""
+    network = model if ood is None else with_features(model)
+
+    def run(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        predicted = network.predict_on_batch(pixels)
+        if ood is None:
+            return np.asarray(predicted), None
+        return np.asarray(predicted[0]), np.asarray(predicted[1])
+
+    return batch_predictor(run, ood)
+
+
+def onnx_predictor(model: OnnxModel, ood: OodDetector | None = None) -> Predict:
+    """:func:`batch_predictor` for a version's ONNX export in ONNX Runtime (no TensorFlow), in
+    batches of :data:`ONNX_BATCH`."""
+    return batch_predictor(model.run, ood, ONNX_BATCH)
+
+
+def padded_size(count: int, batch_size: int = PREDICT_BATCH) -> int:
+    """The batch size ``count`` images (1 to ``batch_size``) are predicted as: the next power of
+    two. Few distinct shapes mean few traces of the predict function (TensorFlow generalises
+    after the second; JAX would compile each), and little padding."""
+    return min(batch_size, 1 << (count - 1).bit_length())
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 import pandas as pd
 from pydantic import BaseModel, Field
-from sklearn.model_selection import StratifiedGroupKFold
 
 from cxr_model.manifest import content_id, read_csv, write_csv
 from cxr_model.storage import ObjectStore
@@ -170,6 +169,8 @@ def split_by_patient(images: pd.DataFrame, params: SplitParams) -> pd.Series:
                 "Train and Val"
             )
     n_splits = max(2, round(1 / params.val_fraction))
+    from sklearn.model_selection import StratifiedGroupKFold  # scoring imports this module
+
     folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=params.seed)
     # sort first so the result does not depend on the order the sources listed the files
     ordered = images.assign(_group=groups).sort_values(["_group", "sha256"])
@@ -189,6 +190,8 @@ def patient_folds(images: pd.DataFrame, folds: int, seed: int) -> pd.Series:
                 f"label {label!r} has {count} patient(s); {folds}-fold cross-validation needs at "
                 f"least {folds}"
             )
+    from sklearn.model_selection import StratifiedGroupKFold  # scoring imports this module
+
     splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
     ordered = images.assign(_group=groups).sort_values(["_group", "sha256"])
     fold = pd.Series(-1, index=ordered.index)

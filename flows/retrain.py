@@ -1,4 +1,5 @@
-"""The retraining flow: get images → check them → sort them → train → evaluate → register.
+"""The retraining flow: get images → check them → sort them → train → evaluate → export →
+register.
 
 The new model becomes champion only through the promotion gate: it must meet the minimums and be
 no worse than the current champion evaluated on the same validation images.
@@ -22,6 +23,7 @@ from cxr_model.train import TrainParams
 from tasks.common import run_prefix, store
 from tasks.crossval import combine_folds, fit_fold
 from tasks.evaluate import evaluate_champion, evaluate_model
+from tasks.export import export_model
 from tasks.ingest import IngestResult, get_images
 from tasks.quality import QualityResult, check_images
 from tasks.registry import RegisteredModel, register_model
@@ -102,6 +104,7 @@ def retrain(params: RetrainParams) -> State:
     else:
         trained = fit_model(dataset, params.training, prefix)
     assessed = evaluate_model(trained.model_key, params.training, dataset, params.threshold, prefix)
+    exported = export_model(trained.model_key, params.training.image_size, prefix)
     champion = evaluate_champion(dataset, params.threshold)
     registered = register_model(
         trained,
@@ -115,6 +118,7 @@ def retrain(params: RetrainParams) -> State:
         params.model_dump(),
         assessed.ood,
         assessed.ood_key,
+        exported,
     )
     # `cxr get <run> card` finds the registered version's card through this record
     store().put_bytes(f"{prefix}/{REGISTERED_FILE}", registered.model_dump_json(indent=2).encode())

@@ -12,6 +12,7 @@ from prefect.runtime import flow_run
 from cxr_model.config import Settings, get_settings
 from cxr_model.html_report import markdown_to_html
 from cxr_model.links import object_link
+from cxr_model.registry import Registry
 from cxr_model.safe_text import console_text
 from cxr_model.storage import ObjectStore, open_store
 
@@ -80,3 +81,9 @@ def put_report(md_key: str, markdown: str, title: str, shown: str | None = None)
     page = markdown_to_html(shown or markdown, title)
     objects.put_bytes(html_key, page.encode(), content_type="text/html; charset=utf-8")
     return html_key
+
+
+def registry() -> Registry:
+    """The model registry of the configured store and model name."""
+    settings = get_settings()
+    return Registry(store(), settings.model_name, settings.cache_dir)

@@ -15,7 +15,6 @@ from prefect import task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from pydantic import BaseModel
 
-from cxr_model.config import get_settings
 from cxr_model.evaluate import (
     Evaluation,
     ThresholdRule,
@@ -35,10 +34,10 @@ from cxr_model.ood import OOD_FILE, OodCheck, OodDetector, thumbnails, with_feat
 from cxr_model.registry import CHAMPION, RegistryError
 from cxr_model.split import HOLDOUT, TRAIN, VAL, load_split
 from cxr_model.train import TrainParams
-from tasks.common import TRANSIENT_RETRIES, artifact_key, link, put_report, say, store
-from tasks.registry import ChampionEvaluation, registry
+from tasks.common import TRANSIENT_RETRIES, artifact_key, link, put_report, registry, say, store
+from tasks.registry import ChampionEvaluation
 from tasks.split import DatasetRef
-from tasks.train import split_arrays
+from tasks.train import split_arrays, staged_model
 
 PREDICT_BATCH = 64
 # Key numbers shown as the run's table artifact (the full evaluation is in evaluation.json).
@@ -130,12 +129,6 @@ def fit_ood_check(
     data = detector.to_bytes()
     store().put_bytes(key, data)
     return OodCheck.of(data, detector, flagged), ""
-
-
-def staged_model(model_key: str) -> keras.Model:
-    """A model staged by this run (not yet registered), through the local cache."""
-    local = get_settings().cache_dir / model_key
-    return keras.saving.load_model(store().download(model_key, local), compile=False)
 
 
 def _evaluate_val(predictions: Predictions, rule: ThresholdRule) -> Evaluation:

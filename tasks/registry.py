@@ -18,8 +18,8 @@ from cxr_model.html_report import markdown_to_html
 from cxr_model.manifest import read_csv
 from cxr_model.ood import OodCheck
 from cxr_model.quality import QualityReport
-from cxr_model.registry import Registry
-from tasks.common import TRANSIENT_RETRIES, artifact_key, link, say, store
+from tasks.common import TRANSIENT_RETRIES, artifact_key, link, registry, say, store
+from tasks.export import ExportedModel
 from tasks.split import DatasetRef
 from tasks.train import TrainedModel
 
@@ -56,11 +56,6 @@ class RegisteredModel(BaseModel):
         return f"{self.name} v{self.version} registered as {self.alias}: {self.reason}"
 
 
-def registry() -> Registry:
-    settings = get_settings()
-    return Registry(store(), settings.model_name, settings.cache_dir)
-
-
 def dataset_sources(accepted_key: str) -> list[dict]:
     """Images per source and label of the accepted images, with each source's licenses."""
     images = read_csv(store(), accepted_key)
@@ -90,6 +85,7 @@ def register_model(
     parameters: dict,
     ood: OodCheck | None = None,
     ood_key: str | None = None,
+    exported: ExportedModel | None = None,
 ) -> RegisteredModel:
     """Register the model, then let the gate decide: ``champion`` or ``candidate``, with a reason.
 
@@ -97,7 +93,8 @@ def register_model(
     it cannot be loaded, which keeps the new model a candidate); ``generalisation`` the evidence
     from unseen sources, which the gate requires when the shortcut audit flagged the data;
     ``ood`` the out-of-distribution check staged at ``ood_key``, attached to the version before
-    any alias points at it (scoring with the version uses it).
+    any alias points at it (scoring with the version uses it); ``exported`` the ONNX export
+    scoring runs without TensorFlow, attached the same way.
 
     Safe to retry: the registration is named by the flow run, so a retry after a failed step
     (an alias move that got 503s) finishes the version it registered instead of adding another.
@@ -126,9 +123,12 @@ def register_model(
         notes=[f"gate: {decision.reason}"],
         generalisation=generalisation.model_dump(),
         ood=ood.model_dump() if ood else None,
+        inference=exported.artifact.model_dump() if exported else None,
     )
     if ood is not None and ood_key is not None:
         models.attach(card.version, ood.file, objects.get_bytes(ood_key))
+    if exported is not None:
+        models.attach(card.version, exported.artifact.file, objects.get_bytes(exported.key))
     models.set_alias(decision.alias, card.version, reason=decision.reason)
     markdown = render_model_card(
         card,

@@ -12,11 +12,11 @@ from cxr_model import scoring
 from cxr_model.config import get_settings
 from cxr_model.image_checks import ImageChecks
 from cxr_model.images import LEGACY_PREPROCESSING, Preprocessing
+from cxr_model.inference import RUNTIME, OnnxModel
 from cxr_model.ood import OodCheck, OodDetector
 from cxr_model.quality import QualitySettings
-from cxr_model.registry import CHAMPION, ModelCard
-from tasks.common import TRANSIENT_RETRIES, artifact_key, link, say, store
-from tasks.registry import registry
+from cxr_model.registry import CHAMPION, ModelCard, RegistryError
+from tasks.common import TRANSIENT_RETRIES, artifact_key, link, registry, say, store
 
 PREVIEW_ROWS = 20
 
@@ -31,6 +31,7 @@ class ModelChoice(BaseModel):
     preprocessing: Preprocessing = LEGACY_PREPROCESSING
     quality: QualitySettings = QualitySettings()  # the per-image checks' settings of its training
     ood_checked: bool = False  # the version has an out-of-distribution check
+    runtime: str = RUNTIME  # onnxruntime (the version's export) or keras (registered before it)
 
 
 class ChunkResult(BaseModel):
@@ -40,15 +41,33 @@ class ChunkResult(BaseModel):
     summary: scoring.ScoreSummary
 
 
+KERAS_RUNTIME = "keras"
+
+
 @lru_cache(maxsize=2)
 def _load_cached(settings_json: str, version: int) -> tuple[scoring.Predict, ModelCard]:
     models = registry()
-    model, card = models.load(version)
+    onnx_file, card = models.inference_file(version)
     ood = None
     if card.ood:  # verified against the card's sha256 like the model file
         check = OodCheck.model_validate(card.ood)
         ood = OodDetector.from_bytes(models.attachment(version, check.file, check.sha256))
+    if onnx_file is not None:
+        return scoring.onnx_predictor(OnnxModel(onnx_file), ood), card
+    try:  # registered before exports existed: only Keras (the `train` extra) can score it
+        model, card = models.load(version)
+    except ModuleNotFoundError as exc:
+        raise RegistryError(
+            f"{card.name} v{version} has no ONNX export (registered before exports existed), so "
+            f"only Keras can score it, and {exc.name} is not installed: install the train extra "
+            "(make install, or uv sync --extra train) or register a newer version"
+        ) from exc
     return scoring.keras_predictor(model, ood), card
+
+
+def runtime_of(card: ModelCard) -> str:
+    """What scores the version: ONNX Runtime for its export, Keras for a version without one."""
+    return str(card.inference.get("runtime", RUNTIME)) if card.inference else KERAS_RUNTIME
 
 
 @lru_cache(maxsize=4)
@@ -88,6 +107,10 @@ def resolve_model(ref: str, threshold: float | None) -> ModelChoice | None:
         return None
     version = models.resolve(ref)
     _, card = _loaded(version)
+    if card.inference is None:
+        say(
+            f"{card.name} v{version} has no ONNX export (registered before exports): scoring with Keras"
+        )
     return ModelChoice(
         name=card.name,
         version=version,
@@ -96,6 +119,7 @@ def resolve_model(ref: str, threshold: float | None) -> ModelChoice | None:
         threshold=card.threshold if threshold is None else threshold,
         quality=QualitySettings.model_validate(card.parameters.get("quality", {})),
         ood_checked=card.ood is not None,
+        runtime=runtime_of(card),
     )
 
 
@@ -134,7 +158,11 @@ def summary_markdown(
     rate = (summary.files + summary.skipped) / seconds if seconds > 0 else 0.0
     status = summary.by_status
     rows = [
-        ("model", f"{model.name} version {model.version}, threshold {model.threshold:g}"),
+        (
+            "model",
+            f"{model.name} version {model.version}, threshold {model.threshold:g}, "
+            f"run by {model.runtime}",
+        ),
         ("files", f"{summary.files} in the table, {summary.skipped} left out as already scored"),
         ("ok", f"{status.get(scoring.OK, 0)} ({_counts(summary.by_label)})"),
         (

@@ -12,6 +12,7 @@ import json
 import tempfile
 from pathlib import Path
 
+import keras
 from prefect import task
 from prefect.artifacts import create_table_artifact
 from pydantic import BaseModel
@@ -155,3 +156,9 @@ def clean_checkpoints(dataset: DatasetRef, params: TrainParams) -> CheckpointCle
         + (f"; {len(done.unfinished)} unfinished left to resume" if done.unfinished else "")
     )
     return done
+
+
+def staged_model(model_key: str) -> keras.Model:
+    """A model staged by this run (not yet registered), through the local cache."""
+    local = get_settings().cache_dir / model_key
+    return keras.saving.load_model(store().download(model_key, local), compile=False)
