@@ -85,6 +85,7 @@ def _header(card: ModelCard) -> list[str]:
         f"- created: {card.created_at}",
         f"- model file: `{card.model_key}` ({card.model_bytes / 1e6:.1f} MB)",
         f"- sha256: `{card.model_sha256}`",
+        *_scoring_file(card),
         f"- dataset: `{card.dataset_id}`",
         f"- decision threshold: {card.threshold:.3f} (covid when the probability is at least this)",
         f"- code version: `{card.code_version}`",
@@ -223,6 +224,19 @@ def _gate(gate: GateDecision | None) -> list[str]:
     if gate is None:
         return ["## Promotion decision", "", "No promotion decision was recorded.", ""]
     return ["## Promotion decision", "", gate_markdown(gate, heading=None)]
+
+
+def _scoring_file(card: ModelCard) -> list[str]:
+    """The ONNX export scoring runs (verified against this sha256 like the model file)."""
+    if not card.inference:
+        return ["- scoring: with Keras (this version has no ONNX export; registered before them)"]
+    onnx = card.inference
+    return [
+        f"- scoring file: `{onnx['file']}` for {onnx['runtime']} ({onnx['bytes'] / 1e6:.1f} MB, "
+        f"outputs {', '.join(onnx['outputs'])}), probabilities within "
+        f"{onnx['parity_max_abs_diff']:.1e} of Keras on {onnx['parity_images']} check images",
+        f"- scoring file sha256: `{onnx['sha256']}`",
+    ]
 
 
 def _ood(card: ModelCard) -> list[str]:

@@ -25,6 +25,8 @@ import hashlib
 import os
 import tempfile
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -114,7 +116,7 @@ def export_onnx(model: keras.Model, image_size: int, pixels: np.ndarray | None =
     with tempfile.TemporaryDirectory(prefix="cxr-export-") as folder:
         path = Path(folder) / INFERENCE_FILE
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), _statistics_as_constants(network):
                 # tf2onnx on numpy 2: Keras patches it, numpy warns about the patched attribute
                 warnings.simplefilter("ignore", FutureWarning)
                 network.export(
@@ -130,6 +132,12 @@ def export_onnx(model: keras.Model, image_size: int, pixels: np.ndarray | None =
             raise ExportError(
                 f"{model.name} cannot be exported to ONNX: {type(exc).__name__}: {reason}"
             ) from exc
+    extra = [i.name for i in graph.graph.input if i.name != INPUT_NAME]
+    if extra:
+        raise ExportError(
+            f"the ONNX export of {model.name} expects inputs besides {INPUT_NAME!r}: "
+            f"{', '.join(extra)} (a constant the exporter did not freeze): not stored"
+        )
     onnx.helper.set_model_props(
         graph,
         {
@@ -159,6 +167,39 @@ def export_onnx(model: keras.Model, image_size: int, pixels: np.ndarray | None =
         parity_images=len(checked),
     )
     return Export(data, artifact)
+
+
+def _layers(layer: keras.layers.Layer) -> Iterator[keras.layers.Layer]:
+    """``layer`` and every layer inside it, through nested models (a backbone)."""
+    yield layer
+    for inner in getattr(layer, "layers", []):
+        yield from _layers(inner)
+
+
+@contextmanager
+def _statistics_as_constants(model: keras.Model) -> Iterator[None]:
+    """Normalization layers' statistics as numpy arrays while ``model`` is exported.
+
+    Keras keeps a Normalization layer's mean and variance as eager tensors, which the traced
+    function captures and tf2onnx leaves as extra graph inputs rather than constants (Keras 3.15,
+    tf2onnx 1.17): the DenseNet, ResNet and EfficientNet exports could not run. As numpy arrays
+    they are traced into the graph as constants. The layers get their tensors back afterwards.
+    """
+    import keras
+
+    held = [
+        (layer, layer.mean, layer.variance)
+        for layer in _layers(model)
+        if isinstance(layer, keras.layers.Normalization)
+        and getattr(layer, "mean", None) is not None
+    ]
+    try:
+        for layer, mean, variance in held:
+            layer.mean, layer.variance = np.asarray(mean), np.asarray(variance)
+        yield
+    finally:
+        for layer, mean, variance in held:
+            layer.mean, layer.variance = mean, variance
 
 
 class OnnxModel:

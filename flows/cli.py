@@ -41,7 +41,7 @@ OFFLINE_ENV = {
     "GX_ANALYTICS_ENABLED": "false",
     "TF_CPP_MIN_LOG_LEVEL": "3",
     "KERAS_BACKEND": "tensorflow",
-    # a 2-core machine busy importing TensorFlow needs longer than Prefect's 20 s default
+    # a 2-core machine busy importing TensorFlow (training) needs longer than Prefect's 20 s default
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
 }
 
@@ -183,6 +183,7 @@ def _check_input(source: str) -> str:
 
 
 STARTING = "starting Prefect and TensorFlow (the first import takes a while)…"
+SCORING_START = "starting Prefect…"  # scoring imports no TensorFlow (ONNX Runtime runs the model)
 
 
 def _run(title: str, call):
@@ -290,7 +291,7 @@ def _print_retrain(r) -> None:
     console.print(f"model card:          {reg.card_uri}")
 
 
-def _print_score_summary(summary: dict, version: int | None) -> None:
+def _print_score_summary(summary: dict, version: int | None, runtime: str | None) -> None:
     """Rows by status, the kinds of errors and rejections, and a loud line when the model's
     probabilities do not apply (mostly out of distribution, or no OOD check)."""
     from cxr_model.scoring import ScoreSummary, distribution_warning
@@ -305,7 +306,8 @@ def _print_score_summary(summary: dict, version: int | None) -> None:
         + (f" ({_shown(rejected)})" if rejected else "")
         + f", {by.get('error', 0) + by.get('skipped', 0)} errors"
         + (f" ({_shown(errors)})" if errors else "")
-        + f"; model version {version}",
+        + f"; model version {version}"
+        + (f" (run by {runtime})" if runtime else ""),
         highlight=False,
     )
     warning = distribution_warning(s)
@@ -342,7 +344,7 @@ def demo(
     console.print(
         f"data docs:           {r.quality.docs_uri}  (local: file://{r.quality.docs_local})"
     )
-    _print_score_summary(result.score.summary, result.score.model_version)
+    _print_score_summary(result.score.summary, result.score.model_version, result.score.runtime)
     console.print(
         f"predictions:         {result.score.predictions_uri} "
         f"(Parquet: {result.score.predictions_parquet_uri})"
@@ -465,7 +467,7 @@ def score(
     """
     _configure(verbose)
     location = _check_input(source)
-    _progress(f"scoring {location}; {STARTING}")
+    _progress(f"scoring {location}; {SCORING_START}")
     from flows.score import ScoreParams, score_folder
 
     options = {
@@ -487,7 +489,7 @@ def score(
     if result.model_version is None:  # no champion yet: nothing was scored
         console.print(_shown(result.message))
         return
-    _print_score_summary(result.summary, result.model_version)
+    _print_score_summary(result.summary, result.model_version, result.runtime)
     console.print(
         f"{result.summary['predicted']} predicted now, {result.summary['reused']} reused, "
         f"in {result.seconds:.1f} s"
@@ -522,7 +524,7 @@ def score_inbox(
     _configure(verbose)
     if inbox is not None:
         inbox = _check_input(inbox)
-    _progress(f"scoring the inbox; {STARTING}")
+    _progress(f"scoring the inbox; {SCORING_START}")
     from flows.score import InboxParams
     from flows.score import score_inbox as score_inbox_flow
 

@@ -146,6 +146,7 @@ class ScoreResult(BaseModel):
     when there was no champion to score with)."""
 
     model_version: int | None
+    runtime: str | None = None  # what ran the model: onnxruntime, or keras for an old version
     predictions_uri: str | None
     predictions_parquet_uri: str | None
     summary: dict
@@ -295,6 +296,7 @@ def _score(location: str, options: ScoringOptions, title: str, only_new: bool) -
     summary = publish_predictions(chunks, model, output_key, title, seconds)
     result = ScoreResult(
         model_version=model.version,
+        runtime=model.runtime,
         predictions_uri=store().uri(output_key),
         predictions_parquet_uri=store().uri(parquet_key_for(output_key)),
         summary=asdict(summary),

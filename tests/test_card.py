@@ -9,6 +9,7 @@ from cxr_model.audit import audit_shortcuts
 from cxr_model.card import render_model_card
 from cxr_model.evaluate import evaluate_predictions
 from cxr_model.gate import GateSettings, decide
+from cxr_model.inference import InferenceArtifact
 from cxr_model.ood import OodCheck
 from cxr_model.registry import ModelCard
 
@@ -198,3 +199,22 @@ def test_the_card_says_what_the_ood_check_flags_or_that_there_is_none():
     assert "## Images it does not know" in checked
     assert "5% of Val, 9% of Holdout" in checked and "400 training images" in checked
     assert "has no out-of-distribution check" in unchecked
+
+
+def test_the_card_names_the_scoring_file_and_its_sha256_or_that_keras_scores_it():
+    onnx = InferenceArtifact(
+        sha256="cd" * 32,
+        bytes=96_000_000,
+        image_size=224,
+        outputs=["probability", "features"],
+        parity_max_abs_diff=6e-8,
+        parity_images=8,
+    )
+
+    exported = render_model_card(_card(inference=onnx.model_dump()))
+    older = render_model_card(_card())
+
+    assert f"- scoring file sha256: `{'cd' * 32}`" in exported
+    assert "`model.onnx` for onnxruntime (96.0 MB, outputs probability, features)" in exported
+    assert "within 6.0e-08 of Keras on 8 check images" in exported
+    assert "scoring: with Keras (this version has no ONNX export" in older
