@@ -7,10 +7,14 @@ one image at a time and in microseconds, so here each expectation of that suite 
 the facts of one image (format, size, bytes, aspect ratio) with GX's semantics for the types the
 suite uses, and a failure is reported with the suite's own ``meta.reason`` text. Expectations on
 columns an image being scored has no value for (its label, its duplicate, its view) are left out.
+
+The suite's JSON is read as data here, without Great Expectations: scoring imports neither GX nor
+TensorFlow (GX itself checks the same file whenever images are ingested).
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,7 +27,6 @@ from cxr_model.quality import (
     aspect_ratio,
     default_expectations_dir,
     expectation_reason,
-    load_suite,
 )
 
 __all__ = ["SCORING_FACTS", "ImageCheck", "ImageChecks", "scoring_facts"]
@@ -92,21 +95,25 @@ class ImageChecks:
     def from_suite(
         cls, settings: QualitySettings, expectations_dir: Path | None = None
     ) -> ImageChecks:
-        suite = load_suite((expectations_dir or default_expectations_dir()) / f"{IMAGE_SUITE}.json")
+        path = (expectations_dir or default_expectations_dir()) / f"{IMAGE_SUITE}.json"
+        try:
+            expectations = json.loads(path.read_text())["expectations"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"{path}: not an expectation suite: {exc}") from exc
         parameters = settings.expectation_parameters()
         checks = []
-        for expectation in suite.expectations:
-            config = expectation.configuration
-            column = config.kwargs.get("column")
+        for index, expectation in enumerate(expectations):
+            kind, kwargs = expectation.get("type"), dict(expectation.get("kwargs") or {})
+            column = kwargs.get("column")
             if column not in SCORING_FACTS:
                 continue
-            if config.type not in _SUPPORTED:
+            if kind not in _SUPPORTED:
                 raise ValueError(
-                    f"suite {IMAGE_SUITE}: scoring cannot apply {config.type} on {column}; "
+                    f"{path}: expectation {index}: scoring cannot apply {kind} on {column}; "
                     f"supported: {sorted(_SUPPORTED)}"
                 )
-            kwargs = {k: _filled(v, parameters) for k, v in config.kwargs.items()}
-            checks.append(ImageCheck(config.type, column, kwargs, dict(config.meta or {})))
+            filled = {k: _filled(v, parameters) for k, v in kwargs.items()}
+            checks.append(ImageCheck(kind, column, filled, dict(expectation.get("meta") or {})))
         return cls(tuple(checks), settings)
 
     def failures(self, facts: Mapping[str, Any]) -> list[str]:

@@ -34,14 +34,13 @@ from collections.abc import Iterator
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import PurePosixPath
-from typing import Literal, TypeVar
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 from prefect import flow
 from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
 from prefect.states import Completed, State
 from prefect.task_runners import ThreadPoolTaskRunner
-from prefect_dask import DaskTaskRunner
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from cxr_model.registry import CHAMPION
@@ -65,6 +64,9 @@ NO_CHAMPION = (
     "registered version with `cxr registry promote <version>` (`cxr registry list` shows them)"
 )
 R = TypeVar("R")
+
+if TYPE_CHECKING:  # Dask takes a second to import: only for runs that use it
+    from prefect_dask import DaskTaskRunner
 
 
 class ScoringOptions(BaseModel):
@@ -173,6 +175,8 @@ def _chunks_run_name() -> str:
 
 def dask_runner_for(options: ScoringOptions) -> DaskTaskRunner:
     """The Dask task runner ``options`` ask for (see the module docstring)."""
+    from prefect_dask import DaskTaskRunner
+
     if options.dask_address:
         return DaskTaskRunner(address=options.dask_address)
     return DaskTaskRunner(

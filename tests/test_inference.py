@@ -40,7 +40,7 @@ def xrays(real_data) -> np.ndarray:
     return np.stack(pixels).astype(np.float32)
 
 
-def assert_scores_alike(model, xrays: np.ndarray) -> None:
+def assert_scores_alike(model, xrays: np.ndarray) -> inference.Export:
     exported = export_onnx(model, SIZE)
     onnx = OnnxModel(exported.data)
     probabilities, features = onnx.run(xrays)
@@ -56,23 +56,21 @@ def assert_scores_alike(model, xrays: np.ndarray) -> None:
     assert ((probabilities >= THRESHOLD) == (expected >= THRESHOLD)).all()
     assert exported.artifact.parity_max_abs_diff < TOLERANCE
     assert exported.artifact.sha256 == hashlib.sha256(exported.data).hexdigest()
+    return exported
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("architecture", sorted(ARCHITECTURES))
 def test_each_architecture_scores_real_xrays_alike_in_onnx_runtime(architecture, xrays):
-    model = build_model(architecture, SIZE)
-    assert_scores_alike(model, xrays)
-    assert OnnxModel(export_onnx(model, SIZE).data).outputs == ["probability", "features"]
+    exported = assert_scores_alike(build_model(architecture, SIZE), xrays)
+    assert OnnxModel(exported.data).outputs == ["probability", "features"]
 
 
 @pytest.mark.slow
 def test_an_ensemble_of_folds_scores_real_xrays_alike_in_onnx_runtime(xrays):
     folds = [build_model("seed_cnn", SIZE) for _ in range(3)]
-    ensemble = average_ensemble(folds)
-    exported = export_onnx(ensemble, SIZE)
+    exported = assert_scores_alike(average_ensemble(folds), xrays)
     assert exported.artifact.outputs == ["probability"]  # an ensemble has no OOD check
-    assert_scores_alike(ensemble, xrays)
 
 
 def test_the_export_carries_its_input_contract():
