@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -191,3 +192,20 @@ def test_scoring_flows_cli_and_dask_workers_run_without_tensorflow(
     for column in ("status", "predicted_label"):
         assert onnx_rows[column].astype(str).tolist() == keras_rows[column].astype(str).tolist()
     assert np.abs(onnx_rows["ood_score"] - keras_rows["ood_score"]).max() < 1e-3
+
+
+def test_the_base_install_scores_and_the_train_extra_brings_tensorflow():
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+
+    def names(requirements: list[str]) -> set[str]:
+        return {re.split(r"[<>=\[;! ]", requirement, maxsplit=1)[0] for requirement in requirements}
+
+    base, train = names(project["dependencies"]), names(project["optional-dependencies"]["train"])
+    assert "onnxruntime" in base
+    assert not base & {"tensorflow", "keras", "tf2onnx", "scikit-learn", "great-expectations"}
+    assert {"tensorflow", "keras", "tf2onnx", "onnx", "great-expectations"} <= train
+    dockerfile = (REPO / "deployments" / "docker" / "Dockerfile").read_text()
+    score_stage = dockerfile.split("FROM base AS score", 1)[1].split("FROM base AS", 1)[0]
+    assert "uv sync --frozen --no-dev" in score_stage and "--extra" not in score_stage
