@@ -1,36 +1,50 @@
-"""Scoring throughput of the study's CNN at 224 px, end to end, against its ceiling (issue #5).
+"""Scoring throughput of the study's CNN at 224 px, end to end, against its ceiling (issues #5, #14).
 
-Everything runs in one process on one machine, so the numbers can be compared with each other:
+The model is registered as registration does it since issue 14: exported to ONNX
+(:func:`cxr_model.inference.export_onnx`), its :class:`~cxr_model.inference.InferenceArtifact` on
+the card and ``model.onnx`` attached, so scoring runs ONNX Runtime. Points, in one run on one
+machine, so the numbers can be compared with each other:
 
-1. ceiling: ``model.predict_on_batch`` on one in-memory float32 batch of 32, repeated (warm-up
-   excluded), measured first and last (the machine may be shared; both are reported);
-2. naive: per file, read → :func:`cxr_model.images.to_model_input` → ``model.predict(x[None])``;
+1. ceiling: :meth:`OnnxModel.run <cxr_model.inference.OnnxModel.run>` on one in-memory float32
+   batch of :data:`cxr_model.scoring.ONNX_BATCH`, repeated (warm-up excluded), measured first and
+   last (the machine may be shared; the mean counts). For reference, once each: ONNX Runtime on
+   batches of 32 (``ceiling_ort_32``) and TensorFlow's ``predict_on_batch`` on batches of 32 (the
+   pre-issue-14 ceiling, ``ceiling_tf``);
+2. naive: per file, read → :func:`cxr_model.images.to_model_input` → Keras ``model.predict(x[None])``;
    and the library path of step 3 with a model that costs nothing, for what everything but the
    model costs (``library_without_model``);
 3. library: ``--medium`` generated images scored through :mod:`cxr_model.scoring` without
-   Prefect, as the flow does it (list → chunks of ``--chunk-size``, ``--in-flight`` at a time →
-   read, hash, look up, decode, resize, predict, store scores → chunk tables → merged table),
-   against a SeaweedFS server started in a temporary folder;
+   Prefect, with :func:`cxr_model.scoring.onnx_predictor`, as the flow does it (list → chunks of
+   ``--chunk-size``, ``--in-flight`` at a time → read, hash, look up, decode, resize, predict,
+   store scores → chunk tables → merged table), against a SeaweedFS server started in a
+   temporary folder;
 4. flow: the same images through the ``score-folder`` flow on a temporary (ephemeral) Prefect
-   API. Steps 3 and 4 run ``--repeats`` times on new image sets, alternating which goes first;
-   the fastest of each counts. Orchestration overhead = (flow wall − library wall) / flow wall;
-   the flow's fixed cost is also timed on an empty folder;
+   API, in a **separate worker process** (this script with ``--flow-worker``) that imports only
+   ``flows.score`` and never TensorFlow: each flow point reports whether ``tensorflow`` or
+   ``keras`` is in that process's ``sys.modules`` afterwards, its peak RSS (``VmHWM``, reset
+   before each point through ``/proc/self/clear_refs``) and the peak of the RSS summed over it
+   and its children (Prefect's temporary API server), sampled every 0.2 s from this process.
+   Steps 3 and 4 run ``--repeats`` times on new image sets, alternating which goes first; the
+   fastest of each counts. Orchestration overhead = (flow wall − library wall) / flow wall; the
+   flow's fixed cost is also timed on an empty folder;
 5. scaling: the flow on ``--small`` and ``--large`` further new image sets, with the per-image
-   cost and this process's peak RSS at each size (the medium point is step 4's);
+   cost and the worker's peak RSS at each size (the medium point is step 4's);
 6. real: the flow on real x-rays from ``../shared/data/cxr-real`` (mostly PNG, median 1024 px
    a side, up to ~2,600; about 0.5 MB each, so decoding costs far more than for the generated
    images).
 
 The model has untrained (random) weights: scoring speed does not depend on them. Generated images
 are 256×256 greyscale PNGs of a gradient plus noise, each one different, so that no point reuses
-scores stored by another. Model loading and the Prefect API's start happen in an untimed warm-up.
+scores stored by another. The export, the worker's start, its model load and the Prefect API's
+start happen in an untimed warm-up.
 
-Each point also has the CPU seconds of this process and the servers it started. Where other
-work shares the cores, wall-time ratios mostly say which measurement got the larger share of
-the machine (a path with more threads gets more), so ``cpu_efficiency`` (ceiling CPU per image
-over the path's) is the number to trust there; the 1-minute load average is printed before and
-after each point. Prints one JSON document: the machine, the command, every number and the
-ratios against the issue's targets (progress and Prefect's logs go to stderr).
+Each point also has the CPU seconds of this process and the processes it started (the S3 server,
+the flow worker and its Prefect API). Where other work shares the cores, wall-time ratios mostly
+say which measurement got the larger share of the machine (a path with more threads gets more),
+so ``cpu_efficiency`` (ceiling CPU per image over the path's) is the number to trust there; the
+1-minute load average is printed before and after each point. Prints one JSON document: the
+machine, the command, every number and the ratios against the issues' targets (progress and
+Prefect's logs go to stderr).
 
     .venv/bin/python bench/score_throughput.py                       # 100, 1,000, 3,000 images
     .venv/bin/python bench/score_throughput.py --large 10000         # the issue's 10,000 point
@@ -45,8 +59,10 @@ import json
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -64,18 +80,21 @@ from cxr_model import embedded_store  # noqa: E402
 from cxr_model.images import to_model_input  # noqa: E402
 from cxr_model.storage import ObjectStore  # noqa: E402
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "cxr-real"
+REPO = Path(__file__).resolve().parents[1]
+REAL = REPO.parent / "shared" / "data" / "cxr-real"
 IMAGE_SIZE = 224
 ARCHITECTURE = "seed_cnn"
-BATCH = 32
+TF_BATCH = 32
 GENERATED_SIDE = 256
 THRESHOLD = 0.5
 BUCKET = "bench"
 WARMUP_IMAGES = 40
-# The issue's targets.
+RSS_SAMPLE_S = 0.2
+# The issues' targets.
 TARGET_VS_CEILING = 0.85
 TARGET_VS_NAIVE = 3.0
 TARGET_OVERHEAD = 0.10
+TARGET_PEAK_RSS_MB = 700
 # "Flat": the per-image cost at every size within this fraction of the medium point's.
 FLAT_TOLERANCE = 0.15
 
@@ -93,19 +112,21 @@ def reset_peak_rss() -> None:
         pass
 
 
-def peak_rss_mb() -> float:
-    """This process's peak RSS since :func:`reset_peak_rss` (VmHWM), in MiB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+def _status_mb(pid: int | str, field: str) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
             return round(int(line.split()[1]) / 1024, 1)
     return float("nan")
 
 
-def tree_cpu_seconds() -> float:
-    """CPU seconds used so far by this process and the processes it started (the S3 server,
-    Prefect's temporary API), from Linux ``/proc``: a cost that other load on the machine
-    changes far less than wall time."""
-    ticks: dict[int, tuple[int, int]] = {}  # pid → (parent pid, user + system ticks)
+def peak_rss_mb() -> float:
+    """This process's peak RSS since :func:`reset_peak_rss` (VmHWM), in MiB."""
+    return _status_mb("self", "VmHWM")
+
+
+def _process_table() -> dict[int, tuple[int, int]]:
+    """pid → (parent pid, user + system ticks) of every process, from Linux ``/proc``."""
+    table: dict[int, tuple[int, int]] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -113,11 +134,35 @@ def tree_cpu_seconds() -> float:
             fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue  # the process ended while we looked
-        ticks[int(entry.name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
-    ours = {os.getpid()}
-    while grown := {pid for pid, (parent, _) in ticks.items() if parent in ours} - ours:
+        table[int(entry.name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
+    return table
+
+
+def _tree(root: int, table: dict[int, tuple[int, int]]) -> set[int]:
+    ours = {root}
+    while grown := {pid for pid, (parent, _) in table.items() if parent in ours} - ours:
         ours |= grown
-    return sum(ticks[pid][1] for pid in ours if pid in ticks) / os.sysconf("SC_CLK_TCK")
+    return ours
+
+
+def tree_cpu_seconds() -> float:
+    """CPU seconds used so far by this process and the processes it started (the S3 server,
+    the flow worker and its Prefect API): a cost that other load on the machine changes far less
+    than wall time."""
+    table = _process_table()
+    ours = _tree(os.getpid(), table)
+    return sum(table[pid][1] for pid in ours if pid in table) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_rss_mb(root: int) -> float:
+    """RSS summed over ``root`` and its descendants now, in MiB (shared pages counted in each)."""
+    total = 0.0
+    for pid in _tree(root, _process_table()):
+        try:
+            total += _status_mb(pid, "VmRSS")
+        except (OSError, ValueError):
+            continue
+    return total
 
 
 @dataclass(frozen=True)
@@ -130,16 +175,21 @@ class Point:
     cpu_seconds: float
     load_before: float
     load_after: float
-    peak_rss_mb: float | None = None
+    peak_rss_mb: float | None = None  # the scoring process's own (the flow worker's for flows)
+    peak_tree_rss_mb: float | None = None  # the flow worker and its Prefect API server together
+    rss_after_import_mb: float | None = None  # the flow worker's once it imported flows.score
+    rss_after_mb: float | None = None  # the flow worker's when the flow had finished
     predicted: int | None = None
     errors: int | None = None
+    tensorflow_imported: bool | None = None  # in the flow worker, after the flow ran
+    keras_imported: bool | None = None
 
     @property
     def images_per_s(self) -> float:
         return self.images / self.seconds
 
     def report(self) -> dict:
-        return asdict(self) | {
+        return {k: v for k, v in asdict(self).items() if v is not None} | {
             "seconds": round(self.seconds, 2),
             "images_per_s": round(self.images_per_s, 1),
             "ms_per_image": round(1000 * self.seconds / self.images, 2),
@@ -149,7 +199,8 @@ class Point:
 
 
 def timed(name: str, images: int, work: Callable[[], dict | None], rss: bool = False) -> Point:
-    """Run ``work`` once and time it; ``work`` may return counts to keep with the point."""
+    """Run ``work`` once and time it; ``work`` may return counts (and, for the flow worker, its
+    own peak RSS) to keep with the point."""
     if rss:
         reset_peak_rss()
     before = load()
@@ -158,8 +209,9 @@ def timed(name: str, images: int, work: Callable[[], dict | None], rss: bool = F
     counts = work() or {}
     seconds = time.perf_counter() - started
     cpu = tree_cpu_seconds() - cpu
-    peak = peak_rss_mb() if rss else None
-    point = Point(name, images, seconds, cpu, before, load(), peak, **counts)
+    if rss and "peak_rss_mb" not in counts:
+        counts["peak_rss_mb"] = peak_rss_mb()
+    point = Point(name, images, seconds, cpu, before, load(), **counts)
     print(f"[bench] {name}: {json.dumps(point.report())}", file=sys.stderr, flush=True)
     return point
 
@@ -207,22 +259,24 @@ def copy_real(folder: Path, count: int | None) -> tuple[Path, int]:
 # ----------------------------------------------------------------------------- measurements
 
 
-def ceiling(model, batches: int) -> Point:
-    """``predict_on_batch`` on one in-memory float32 batch, after two untimed calls."""
-    x = np.random.default_rng(0).integers(0, 256, (BATCH, IMAGE_SIZE, IMAGE_SIZE, 3))
+def ceiling(name: str, run: Callable[[np.ndarray], object], batch: int, images: int) -> Point:
+    """``run`` on one in-memory float32 batch of ``batch`` images, about ``images`` images in
+    all, after two untimed calls."""
+    x = np.random.default_rng(0).integers(0, 256, (batch, IMAGE_SIZE, IMAGE_SIZE, 3))
     x = x.astype(np.float32)
-    model.predict_on_batch(x)
-    model.predict_on_batch(x)
+    run(x)
+    run(x)
+    batches = max(1, round(images / batch))
 
-    def run() -> None:
+    def repeat() -> None:
         for _ in range(batches):
-            model.predict_on_batch(x)
+            run(x)
 
-    return timed("ceiling", batches * BATCH, run)
+    return timed(name, batches * batch, repeat)
 
 
 def naive(model, files: list[Path]) -> Point:
-    """Per file: read, convert, ``model.predict`` on a batch of one (first call untimed)."""
+    """Per file: read, convert, Keras ``model.predict`` on a batch of one (first call untimed)."""
     model.predict(to_model_input(files[0].read_bytes(), IMAGE_SIZE)[None], verbose=0)
 
     def run() -> None:
@@ -284,19 +338,99 @@ def library_run(
     return {"predicted": summary.predicted, "errors": summary.errors}
 
 
-def flow_run(folder: Path, version: int, args: argparse.Namespace) -> dict:
-    """The ``score-folder`` flow on ``folder`` with the registered ``version``."""
+# ----------------------------------------------------------------------------- the flow worker
+
+
+def flow_worker() -> None:
+    """``--flow-worker``: run the ``score-folder`` flow for each JSON request on stdin, one JSON
+    result per line on stdout. Imports ``flows.score`` only (no TensorFlow); everything else the
+    flow prints goes to stderr."""
+    results = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)  # the flow's own output must not mix with the results
     from flows.score import ScoreParams, score_folder
 
-    result = score_folder(
-        ScoreParams(
-            input=str(folder),
-            model=str(version),
-            chunk_size=args.chunk_size,
-            max_chunks_in_flight=args.in_flight,
+    imported = _status_mb("self", "VmRSS")  # before any model or Prefect API
+    results.write(json.dumps({"ready": imported}) + "\n")
+    for line in sys.stdin:
+        request = json.loads(line)
+        reset_peak_rss()
+        result = score_folder(
+            ScoreParams(
+                input=request["folder"],
+                model=str(request["version"]),
+                chunk_size=request["chunk_size"],
+                max_chunks_in_flight=request["in_flight"],
+            )
         )
-    )
-    return {"predicted": result.summary["predicted"], "errors": result.summary["errors"]}
+        answer = {
+            "predicted": result.summary["predicted"],
+            "errors": result.summary["errors"],
+            "peak_rss_mb": peak_rss_mb(),
+            "rss_after_import_mb": imported,
+            "rss_after_mb": _status_mb("self", "VmRSS"),
+            "tensorflow_imported": "tensorflow" in sys.modules,
+            "keras_imported": "keras" in sys.modules,
+        }
+        results.write(json.dumps(answer) + "\n")
+
+
+class FlowWorker:
+    """A child process running :func:`flow_worker`; :meth:`run` scores a folder there."""
+
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        print("[bench] starting the flow worker", file=sys.stderr, flush=True)
+        self.process = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), "--flow-worker"],
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+        )
+        # its imports must not compete with the points measured meanwhile
+        assert self.process.stdout is not None
+        if not self.process.stdout.readline():
+            raise RuntimeError(f"the flow worker died (exit {self.process.wait()}); see stderr")
+
+    def run(self, folder: Path, version: int) -> dict:
+        """Score ``folder`` with ``version`` in the worker; its answer and the peak RSS of the
+        worker with its children, sampled while it ran."""
+        assert self.process.stdin is not None and self.process.stdout is not None
+        request = {
+            "folder": str(folder),
+            "version": version,
+            "chunk_size": self.args.chunk_size,
+            "in_flight": self.args.in_flight,
+        }
+        peak = [0.0]
+        done = threading.Event()
+
+        def sample() -> None:
+            while not done.wait(RSS_SAMPLE_S):
+                peak[0] = max(peak[0], tree_rss_mb(self.process.pid))
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        try:
+            self.process.stdin.write(json.dumps(request) + "\n")
+            line = self.process.stdout.readline()
+        finally:
+            done.set()
+            sampler.join()
+        if not line:
+            raise RuntimeError(f"the flow worker died (exit {self.process.wait()}); see stderr")
+        return json.loads(line) | {"peak_tree_rss_mb": round(peak[0], 1)}
+
+    def close(self) -> None:
+        if self.process.stdin is not None:
+            self.process.stdin.close()
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
 
 
 # ----------------------------------------------------------------------------- the run
@@ -322,23 +456,29 @@ def start_store(root: Path):
     return process, store
 
 
-def register(model, store: ObjectStore, root: Path) -> int:
-    """Register ``model`` as the flow's model; return its version."""
+def register(model, store: ObjectStore, root: Path):
+    """Register ``model`` as registration does (its ONNX export on the card and attached);
+    return its version and the export."""
     from cxr_model.config import get_settings
+    from cxr_model.inference import INFERENCE_FILE, export_onnx
     from cxr_model.registry import Registry
 
     path = root / "model.keras"
     model.save(path)
+    export = export_onnx(model, IMAGE_SIZE)
     settings = get_settings()
-    card = Registry(store, settings.model_name, settings.cache_dir).register(
+    models = Registry(store, settings.model_name, settings.cache_dir)
+    card = models.register(
         path,
         threshold=THRESHOLD,
         metrics={},
         training={},
         parameters={"training": {"image_size": IMAGE_SIZE, "architecture": ARCHITECTURE}},
         dataset_id="bench-untrained",
+        inference=export.artifact.model_dump(),
     )
-    return card.version
+    models.attach(card.version, INFERENCE_FILE, export.data)
+    return card.version, export
 
 
 def ratio(value: float, target: float, higher_is_better: bool = True) -> dict:
@@ -354,7 +494,12 @@ def best(points: list[Point]) -> Point:
 def flat(per_image: dict[int, float], reference: int) -> dict:
     """Per-image costs by size over the ``reference`` size's, and whether all are near 1."""
     relative = {str(n): round(cost / per_image[reference], 3) for n, cost in per_image.items()}
-    return {"value": relative, "met": all(abs(v - 1) <= FLAT_TOLERANCE for v in relative.values())}
+    largest, smallest = per_image[max(per_image)], per_image[min(per_image)]
+    return {
+        "value": relative,
+        "largest_over_smallest": round(largest / smallest, 3),
+        "met": all(abs(v - 1) <= FLAT_TOLERANCE for v in relative.values()),
+    }
 
 
 def by_size(points: dict[str, list[Point]], cost: Callable[[Point], float]) -> dict[int, float]:
@@ -364,7 +509,7 @@ def by_size(points: dict[str, list[Point]], cost: Callable[[Point], float]) -> d
 
 
 def targets(points: dict[str, list[Point]]) -> dict:
-    """The issue's targets, each with the measured value, from the best of each repeat."""
+    """The issues' targets, each with the measured value, from the best of each repeat."""
     ceilings = points["ceiling"]
     top = sum(point.images_per_s for point in ceilings) / len(ceilings)
     ceiling_cpu = sum(p.cpu_seconds for p in ceilings) / sum(p.images for p in ceilings)
@@ -374,8 +519,15 @@ def targets(points: dict[str, list[Point]]) -> dict:
     gross = by_size(points, lambda p: p.seconds)
     net = by_size(points, lambda p: p.seconds - fixed)
     cpu = by_size(points, lambda p: p.cpu_seconds)
+    large = points["flow_large"][0]
+    flows = [p for name, runs in points.items() if name.startswith(("flow", "real")) for p in runs]
     return {
         "ceiling_images_per_s_mean": round(top, 1),
+        "reference_ceilings_vs_ceiling": {
+            name: round(points[name][0].images_per_s / top, 3)
+            for name in ("ceiling_ort_32", "ceiling_tf")
+            if name in points
+        },
         "flow_vs_ceiling": ratio(flow.images_per_s / top, TARGET_VS_CEILING),
         "library_vs_ceiling": ratio(library.images_per_s / top, TARGET_VS_CEILING),
         "flow_vs_naive": ratio(
@@ -410,18 +562,42 @@ def targets(points: dict[str, list[Point]]) -> dict:
             str(runs[0].images): max(p.peak_rss_mb or 0 for p in runs)
             for runs in (points["flow_small"], points["flow"], points["flow_large"])
         },
+        "peak_rss_largest": ratio(large.peak_rss_mb or float("nan"), TARGET_PEAK_RSS_MB, False),
+        "peak_rss_largest_with_prefect_api": large.peak_tree_rss_mb,
+        "tensorflow_in_flow_process": any(p.tensorflow_imported for p in flows),
+        "keras_in_flow_process": any(p.keras_imported for p in flows),
     }
 
 
 def versions() -> dict[str, str]:
     import keras
+    import onnxruntime
     import prefect
     import tensorflow as tf
 
     return {
         "tensorflow": tf.__version__,
         "keras": keras.__version__,
+        "onnxruntime": onnxruntime.__version__,
         "prefect": prefect.__version__,
+    }
+
+
+def machine() -> dict:
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    return {
+        "platform": platform.platform(),
+        "cpu": model,
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        **versions(),
     }
 
 
@@ -436,19 +612,23 @@ def parse_args() -> argparse.Namespace:
         "--repeats", type=int, default=2, help="library and flow runs on new medium sets"
     )
     parser.add_argument("--naive", type=int, default=200, help="images for the naive loop")
-    parser.add_argument("--ceiling-batches", type=int, default=30, help="timed batches of 32")
+    parser.add_argument(
+        "--ceiling-images", type=int, default=640, help="images per ceiling measurement"
+    )
     parser.add_argument(
         "--real", type=int, default=None, help="real x-rays to score (default all; 0: none)"
     )
     parser.add_argument("--chunk-size", type=int, default=256)
     parser.add_argument("--in-flight", type=int, default=4, help="chunks scored at once")
+    parser.add_argument("--flow-worker", action="store_true", help=argparse.SUPPRESS)
     return parser.parse_args()
 
 
 def measure(args: argparse.Namespace, root: Path, store: ObjectStore) -> dict[str, list[Point]]:
     """Every point, in an order that spreads the machine's changing load over the comparisons."""
+    from cxr_model.inference import OnnxModel
     from cxr_model.model import build_model
-    from cxr_model.scoring import Predict, ScoreStore, keras_predictor
+    from cxr_model.scoring import ONNX_BATCH, Predict, ScoreStore, onnx_predictor
 
     print(f"[bench] writing images under {root}", file=sys.stderr, flush=True)
     seeds = iter(range(0, 10**9, 10**6))
@@ -462,8 +642,10 @@ def measure(args: argparse.Namespace, root: Path, store: ObjectStore) -> dict[st
     real = copy_real(root / "real", args.real) if args.real != 0 else None
 
     model = build_model(ARCHITECTURE, IMAGE_SIZE)
-    version = register(model, store, root)
-    predict = keras_predictor(model)
+    version, export = register(model, store, root)
+    runtime = OnnxModel(export.data)
+    predict = onnx_predictor(runtime)
+    worker = FlowWorker(args)
     points: dict[str, list[Point]] = {}
 
     def add(point: Point) -> None:
@@ -474,30 +656,41 @@ def measure(args: argparse.Namespace, root: Path, store: ObjectStore) -> dict[st
         return lambda: library_run(folder, store, scores, model_predict, f"bench/{name}", args)
 
     def flow(folder: Path) -> Callable[[], dict]:
-        return lambda: flow_run(folder, version, args)
+        return lambda: worker.run(folder, version)
 
-    add(ceiling(model, args.ceiling_batches))
-    add(naive(model, sorted(mediums[0].rglob("*.png"))[: args.naive]))
-    library(warmup, "warmup")()
-    add(timed("library_without_model", args.medium, library(mediums[0], "no-model", no_model)))
-    add(timed("flow_warmup", WARMUP_IMAGES, flow(warmup)))
-    for n, medium in enumerate(mediums):
-        pair = [("library", library(medium, f"library-{n}"), False), ("flow", flow(medium), True)]
-        for name, work, rss in pair if n % 2 == 0 else pair[::-1]:
-            add(timed(name, args.medium, work, rss=rss))
-    for _ in range(2):
-        add(timed("flow_empty", 1, flow(root / "empty")))
-    add(timed("flow_small", args.small, flow(small), rss=True))
-    add(timed("flow_large", args.large, flow(large), rss=True))
-    if real is not None:
-        folder, count = real
-        add(timed("real", count, flow(folder), rss=True))
-    add(ceiling(model, args.ceiling_batches))
+    try:
+        add(ceiling("ceiling", runtime.run, ONNX_BATCH, args.ceiling_images))
+        add(ceiling("ceiling_tf", model.predict_on_batch, TF_BATCH, args.ceiling_images))
+        add(naive(model, sorted(mediums[0].rglob("*.png"))[: args.naive]))
+        library(warmup, "warmup")()
+        add(timed("library_without_model", args.medium, library(mediums[0], "no-model", no_model)))
+        add(timed("flow_warmup", WARMUP_IMAGES, flow(warmup)))
+        for n, medium in enumerate(mediums):
+            pair = [
+                ("library", library(medium, f"library-{n}"), False),
+                ("flow", flow(medium), False),
+            ]
+            for name, work, rss in pair if n % 2 == 0 else pair[::-1]:
+                add(timed(name, args.medium, work, rss=rss))
+        for _ in range(2):
+            add(timed("flow_empty", 1, flow(root / "empty")))
+        add(timed("flow_small", args.small, flow(small)))
+        add(timed("flow_large", args.large, flow(large)))
+        if real is not None:
+            folder, count = real
+            add(timed("real", count, flow(folder)))
+        add(ceiling("ceiling_ort_32", runtime.run, TF_BATCH, args.ceiling_images))
+        add(ceiling("ceiling", runtime.run, ONNX_BATCH, args.ceiling_images))
+    finally:
+        worker.close()
     return points
 
 
 def main() -> None:
     args = parse_args()
+    if args.flow_worker:
+        flow_worker()
+        return
     root = Path(tempfile.mkdtemp(prefix="cxr-score-bench-"))
     # Prefect keeps its database and profile here; its API is a temporary local server.
     os.environ.update(
@@ -518,14 +711,10 @@ def main() -> None:
     print(
         json.dumps(
             {
-                "machine": {
-                    "platform": platform.platform(),
-                    "cpu_count": os.cpu_count(),
-                    "python": platform.python_version(),
-                    **versions(),
-                },
+                "machine": machine(),
                 "command": " ".join([".venv/bin/python", *sys.argv]),
-                "model": f"{ARCHITECTURE} at {IMAGE_SIZE} px, untrained (random) weights",
+                "model": f"{ARCHITECTURE} at {IMAGE_SIZE} px, untrained (random) weights, "
+                "scored with its ONNX export in ONNX Runtime",
                 "settings": {"chunk_size": args.chunk_size, "in_flight": args.in_flight},
                 "points": {name: [p.report() for p in runs] for name, runs in points.items()},
                 "targets": targets(points),
