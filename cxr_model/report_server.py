@@ -25,7 +25,7 @@ from urllib.parse import unquote, urlsplit
 from botocore.exceptions import BotoCoreError, ClientError
 
 from cxr_model.config import get_settings
-from cxr_model.storage import ObjectStore, open_store
+from cxr_model.storage import MISSING_KEY_CODES, ObjectStore, open_store
 
 DEFAULT_PORT = 4210
 CHUNK = 1 << 20
@@ -98,7 +98,7 @@ class _Handler(BaseHTTPRequestHandler):
             reply = store.client.get_object(Bucket=store.bucket, Key=key)
         except ClientError as exc:
             code = str(exc.response.get("Error", {}).get("Code", ""))
-            if code in ("NoSuchKey", "404", "NotFound"):
+            if code in MISSING_KEY_CODES:
                 self._plain(HTTPStatus.NOT_FOUND, f"no object {key}", with_body)
             else:
                 self._plain(HTTPStatus.BAD_GATEWAY, f"the store refused {key}: {code}", with_body)

@@ -50,12 +50,11 @@ import threading
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from itertools import islice
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -77,12 +76,11 @@ from cxr_model.memory import ByteBudget
 from cxr_model.ood import OodDetector, with_features
 from cxr_model.safe_text import spreadsheet_cell
 from cxr_model.sources import (
-    FetchError,
     local_entries,
-    open_file_capped,
-    open_object_capped,
+    open_input,
     read_capped,
     read_failure,
+    read_input,
     sha256_capped,
 )
 from cxr_model.storage import ObjectStore, parse_s3_uri
@@ -126,7 +124,6 @@ PARALLEL_READS = 8
 # threads than cores only add switching (measured: ~20% more CPU per image with 8 on 2 cores).
 DECODE_THREADS = os.cpu_count() or 1
 DECODE_AHEAD = 2 * PREDICT_BATCH  # decoded images waiting for the model, at most, per chunk
-MISSING_KEY_CODES = {"NoSuchKey", "404"}
 MAX_BYTES_IN_FLIGHT = 256 * 1024**2
 BYTES_IN_FLIGHT = ByteBudget(MAX_BYTES_IN_FLIGHT)
 """File bytes held at once by every chunk a process scores. A file read when they are spent is
@@ -350,32 +347,6 @@ def chunked(items: Iterator[str], size: int) -> Iterator[list[str]]:
     """Consecutive lists of at most ``size`` items, without materialising the whole input."""
     while chunk := list(islice(items, size)):
         yield chunk
-
-
-@contextmanager
-def open_input(path: str, store: ObjectStore) -> Iterator[tuple[BinaryIO, int]]:
-    """A local file or ``s3://`` object opened for reading, with its size, at most
-    :data:`~cxr_model.sources.MAX_FILE_BYTES` as in ingest; a vanished object is
-    FileNotFoundError. Local files are opened as :func:`~cxr_model.sources.open_file_capped`
-    says (no link followed, nothing but a regular file read, never a wait)."""
-    if not path.startswith("s3://"):
-        with open_file_capped(Path(path)) as opened:
-            yield opened
-        return
-    bucket, key = parse_s3_uri(path)
-    try:
-        with open_object_capped(store.in_bucket(bucket), key) as opened:
-            yield opened
-    except FetchError as exc:
-        if exc.reason in MISSING_KEY_CODES:
-            raise FileNotFoundError(f"{path} was removed after it was listed") from exc
-        raise
-
-
-def read_input(path: str, store: ObjectStore) -> bytes:
-    """The bytes of a local file or ``s3://`` object (see :func:`open_input`)."""
-    with open_input(path, store) as (stream, _):
-        return read_capped(stream, path)
 
 
 RunBatch = Callable[[np.ndarray], tuple[np.ndarray, "np.ndarray | None"]]

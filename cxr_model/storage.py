@@ -12,9 +12,11 @@ import functools
 import inspect
 import mimetypes
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import BinaryIO
 
 import boto3
 from boto3.exceptions import S3UploadFailedError
@@ -43,6 +45,8 @@ CLIENT_CONFIG = Config(
 
 
 PRECONDITION_FAILED = {"PreconditionFailed", "412", "ConditionalRequestConflict"}
+MISSING_KEY_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
+"""S3 error codes meaning "no such key": GET answers ``NoSuchKey``, HEAD a bare 404/``NotFound``."""
 
 
 class StoreError(RuntimeError):
@@ -205,16 +209,27 @@ class ObjectStore:
         try:
             reply = self.client.get_object(Bucket=self.bucket, Key=key)
         except ClientError as exc:
-            if _error_code(exc) in ("NoSuchKey", "404"):
+            if _error_code(exc) in MISSING_KEY_CODES:
                 return None
             raise
         return reply["Body"].read(), reply["ETag"]
+
+    @contextmanager
+    def open_object(self, key: str) -> Iterator[tuple[BinaryIO, int]]:
+        """``key``'s body as a stream, with its size; closed on leaving. botocore's errors are
+        raised as they are, so that the caller can tell a missing key from a failing store."""
+        reply = self.client.get_object(Bucket=self.bucket, Key=key)
+        body = reply["Body"]
+        try:
+            yield body, int(reply.get("ContentLength") or 0)
+        finally:
+            body.close()
 
     def exists(self, key: str) -> bool:
         try:
             self.client.head_object(Bucket=self.bucket, Key=key)
         except ClientError as exc:
-            if _error_code(exc) in ("404", "NoSuchKey", "NotFound"):
+            if _error_code(exc) in MISSING_KEY_CODES:
                 return False
             raise
         return True
@@ -225,6 +240,14 @@ class ObjectStore:
         for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
             for item in page.get("Contents", []):
                 yield item["Key"]
+
+    def list_etags(self, prefix: str) -> Iterator[tuple[str, str, int | None]]:
+        """Every key under ``prefix`` with its ETag (unquoted) and size, page by page; botocore's
+        errors are raised as they are."""
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+            for item in page.get("Contents", []):
+                yield item["Key"], str(item.get("ETag", "")).strip('"'), item.get("Size")
 
     def list_modified(self, prefix: str) -> Iterator[tuple[str, datetime]]:
         """Every key under ``prefix`` with the time it was last written, page by page."""

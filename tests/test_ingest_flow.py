@@ -13,7 +13,6 @@ import pandas as pd
 import pytest
 from local_servers import serve_folder
 
-from cxr_model import sources
 from cxr_model.manifest import read_csv
 
 pytestmark = pytest.mark.integration
@@ -24,7 +23,7 @@ def test_ingest_accounts_for_every_file_of_both_sources(
 ):
     from flows.ingest import IngestParams, ingest
 
-    monkeypatch.setattr(sources, "HTTP_BACKOFF_S", 0.01)
+    monkeypatch.setattr("cxr_model.sources.http.HTTP_BACKOFF_S", 0.01)
     archive = tmp_path / "chest-xray-pneumonia.zip"
     with zipfile.ZipFile(archive, "w") as zipped:
         for path in (real_data / "kaggle-pneumonia").rglob("*.jpeg"):

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cxr_model import scoring, sources
+from cxr_model import scoring
 from cxr_model.memory import ByteBudget
 from cxr_model.model import seed_cnn
 from cxr_model.scoring import (
@@ -140,7 +140,7 @@ def test_fifos_sockets_links_and_swapped_files_get_rows_without_hanging(tmp_path
 
 
 def test_scoring_caps_file_size_as_ingest_does(tmp_path, store, model, monkeypatch):
-    monkeypatch.setattr(sources, "MAX_FILE_BYTES", 10_000)
+    monkeypatch.setattr("cxr_model.sources.reading.MAX_FILE_BYTES", 10_000)
     big = tmp_path / "big.png"
     with big.open("wb") as handle:  # sparse: 200 MB that take no disk
         handle.truncate(200 * 1024**2)

@@ -12,7 +12,6 @@ from typing import TypeVar
 
 import pytest
 
-from cxr_model import sources
 from cxr_model.sources import (
     IEEE8023_BASE_URL,
     FetchError,
@@ -293,7 +292,7 @@ def test_fetch_error_is_an_os_error_with_status_and_url():
 def test_size_cap_applies_to_folder_files(tmp_path, monkeypatch):
     touch(tmp_path / "covid/big.png", b"x" * 100)
     touch(tmp_path / "covid/small.png", b"x" * 10)
-    monkeypatch.setattr(sources, "MAX_FILE_BYTES", 50)
+    monkeypatch.setattr("cxr_model.sources.reading.MAX_FILE_BYTES", 50)
     records = {r.original_path: r for r in FolderSource(tmp_path).records()}
     assert records["covid/small.png"].read() == b"x" * 10
     with pytest.raises(FetchError, match=r"file too large \(100 bytes > cap 50\)"):

@@ -37,7 +37,7 @@ FRONTAL = ["PA", "AP", "AP Supine", "AP Erect"]
 
 @pytest.fixture(autouse=True)
 def fast_retries(monkeypatch):
-    monkeypatch.setattr(sources, "HTTP_BACKOFF_S", 0.01)
+    monkeypatch.setattr("cxr_model.sources.http.HTTP_BACKOFF_S", 0.01)
 
 
 @pytest.fixture(scope="module")
@@ -286,7 +286,7 @@ def test_unreachable_metadata_is_fatal(scripted):
 
 def test_size_cap_stops_http_reads(scripted, monkeypatch):
     url, handler = scripted
-    monkeypatch.setattr(sources, "MAX_FILE_BYTES", 1000)
+    monkeypatch.setattr("cxr_model.sources.reading.MAX_FILE_BYTES", 1000)
     with pytest.raises(FetchError, match=r"file too large \(5000 bytes > cap 1000\)"):
         fetch_bytes(f"{url}/big.png")
     # No Content-Length: the stream is cut off just past the cap, not read to its end.
@@ -297,7 +297,7 @@ def test_size_cap_stops_http_reads(scripted, monkeypatch):
 
 def test_timeouts_are_retried_then_reported(scripted, monkeypatch):
     url, handler = scripted
-    monkeypatch.setattr(sources, "HTTP_TIMEOUT_S", 0.2)
+    monkeypatch.setattr("cxr_model.sources.http.HTTP_TIMEOUT_S", 0.2)
     with pytest.raises(FetchError, match="timed out") as slow:
         fetch_bytes(f"{url}/slow.png")
     assert slow.value.status is None and handler.seen["/slow.png"] == 3
@@ -394,7 +394,7 @@ def test_kaggle_zip_reads_members_without_extracting(kaggle_dir, tmp_path, monke
     assert list(work.iterdir()) == []
     assert all(r.fingerprint and r.fingerprint.startswith("crc") for r in records)
 
-    monkeypatch.setattr(sources, "MAX_FILE_BYTES", 1000)
+    monkeypatch.setattr("cxr_model.sources.reading.MAX_FILE_BYTES", 1000)
     capped = read_all(list(parse_source(f"kaggle:{archive}").records()))
     assert all(isinstance(res, FetchError) and "file too large" in str(res) for res in capped)
     assert len(capped) == 16
@@ -579,7 +579,7 @@ def test_s3_prefix_in_the_study_layout(store, monkeypatch):
         True,
     ]
 
-    monkeypatch.setattr(sources, "MAX_FILE_BYTES", 1000)
+    monkeypatch.setattr("cxr_model.sources.reading.MAX_FILE_BYTES", 1000)
     with pytest.raises(FetchError, match=r"file too large \(3000 bytes > cap 1000\)"):
         records[2].read()
 
