@@ -8,7 +8,9 @@ from cxr_model.markdown import markdown_table
 
 
 def test_table_has_header_rule_and_rows_with_alignment() -> None:
-    lines = markdown_table(["metric", "value", "note"], [["AUC", "0.912", ""], ["n", 3, None]], "lr")
+    lines = markdown_table(
+        ["metric", "value", "note"], [["AUC", "0.912", ""], ["n", 3, None]], "lr"
+    )
     assert lines == [
         "| metric | value | note |",
         "|---|---:|---|",
