@@ -27,7 +27,8 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel
 
-from cxr_model.safe_text import markdown_cell, markdown_text
+from cxr_model.markdown import markdown_table
+from cxr_model.safe_text import markdown_text
 
 __all__ = [
     "CATEGORICAL_FEATURES",
@@ -124,16 +125,19 @@ class ShortcutAudit(BaseModel):
             f"{self.threshold:.2f}.",
         ]
         if self.features:
-            lines += [
-                "",
-                "| feature | AUC | kind | rows | distinct | detail |",
-                "|---|---:|---|---:|---:|---|",
-            ]
-            lines += [
-                f"| {'**' + f.feature + '**' if f.feature in self.flagged else f.feature} "
-                f"| {f.auc:.2f} | {f.kind} | {f.rows} | {f.distinct} | {markdown_cell(f.detail)} |"
+            rows = [
+                (
+                    f"**{f.feature}**" if f.feature in self.flagged else f.feature,
+                    f"{f.auc:.2f}",
+                    f.kind,
+                    f.rows,
+                    f.distinct,
+                    f.detail,
+                )
                 for f in self.features
             ]
+            header = ["feature", "AUC", "kind", "rows", "distinct", "detail"]
+            lines += ["", *markdown_table(header, rows, align="lrlrr")]
         if self.skipped:
             skipped = "; ".join(f"{name} ({why})" for name, why in self.skipped.items())
             lines += ["", f"Not scored: {skipped}."]
@@ -143,15 +147,18 @@ class ShortcutAudit(BaseModel):
                 "",
                 f"{heading}# Label mix per source",
                 "",
-                f"| source | images | {' | '.join(labels)} | {self.positive_label} share |",
-                f"|---|---:|{'---:|' * len(labels)}---:|",
             ]
-            lines += [
-                f"| {markdown_cell(m.source)} | {m.images} | "
-                f"{' | '.join(str(m.counts.get(label, 0)) for label in labels)} "
-                f"| {m.positive_share:.0%} |"
+            header = ["source", "images", *labels, f"{self.positive_label} share"]
+            rows = [
+                (
+                    m.source,
+                    m.images,
+                    *(m.counts.get(label, 0) for label in labels),
+                    f"{m.positive_share:.0%}",
+                )
                 for m in self.label_mix
             ]
+            lines += markdown_table(header, rows, align="l" + "r" * (len(header) - 1))
         return "\n".join(lines) + "\n"
 
     def to_html(self) -> str:

@@ -22,13 +22,14 @@ from cxr_model.audit import ShortcutAudit
 from cxr_model.evaluate import (
     Evaluation,
     chosen_on_data,
-    markdown_cell,
     metrics_table_markdown,
     per_source_markdown,
 )
 from cxr_model.gate import GateDecision, gate_markdown
 from cxr_model.generalisation import Generalisation, estimates_markdown
 from cxr_model.images import Preprocessing
+from cxr_model.markdown import markdown_table
+from cxr_model.safe_text import markdown_cell
 
 if TYPE_CHECKING:
     from cxr_model.registry import ModelCard
@@ -72,10 +73,10 @@ _TRAINING_FIELDS = {  # parameters["training"] key → label
 
 
 def _text(value: object) -> str:
-    """A table cell for ``value``; None and NaN (e.g. from pandas) become a dash."""
+    """A table cell's text for ``value`` (escaped by the table); None and NaN become a dash."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return _MISSING
-    return markdown_cell(value)
+    return str(value)
 
 
 def _header(card: ModelCard) -> list[str]:
@@ -101,13 +102,18 @@ def _data(card: ModelCard, sources: list[dict] | None) -> list[str]:
     lines = ["## Data", "", f"Dataset `{card.dataset_id}`.", ""]
     if not sources:
         return [*lines, "The image sources were not recorded with this card.", ""]
-    lines += ["| source | label | images | license |", "|---|---|---:|---|"]
+    rows = []
     for row in sources:
         license_ = _text(row.get("license"))
-        lines.append(
-            f"| {_text(row.get('source'))} | {_text(row.get('label'))} "
-            f"| {_text(row.get('images'))} | {'not recorded' if license_ == _MISSING else license_} |"
+        rows.append(
+            (
+                _text(row.get("source")),
+                _text(row.get("label")),
+                _text(row.get("images")),
+                "not recorded" if license_ == _MISSING else license_,
+            )
         )
+    lines += markdown_table(["source", "label", "images", "license"], rows, align="llr")
     return [*lines, ""]
 
 
@@ -150,13 +156,15 @@ def _audit(audit: Mapping | None) -> list[str]:
         ]
     features = audit.get("features") or []
     if features:
-        lines += ["| feature | AUC alone | detail |", "|---|---:|---|"]
-        lines += [
-            f"| {'**' + f['feature'] + '**' if f['feature'] in flagged else f['feature']} "
-            f"| {f['auc']:.2f} | {_text(f.get('detail'))} |"
+        rows = [
+            (
+                f"**{f['feature']}**" if f["feature"] in flagged else f["feature"],
+                f"{f['auc']:.2f}",
+                _text(f.get("detail")),
+            )
             for f in features
         ]
-        lines.append("")
+        lines += [*markdown_table(["feature", "AUC alone", "detail"], rows, align="lr"), ""]
     return lines
 
 
@@ -175,9 +183,8 @@ def _metrics(card: ModelCard, evaluation: Evaluation | None) -> list[str]:
     if evaluation is None:
         if not card.metrics:
             return [*lines, "No validation metrics were recorded.", ""]
-        lines += ["| metric | value |", "|---|---|"]
-        lines += [f"| {_text(k)} | {_text(v)} |" for k, v in card.metrics.items()]
-        return [*lines, ""]
+        rows = [(_text(k), _text(v)) for k, v in card.metrics.items()]
+        return [*lines, *markdown_table(["metric", "value"], rows), ""]
     lines += [
         "On the validation split; covid is the positive class. The AUC interval is a 95% "
         f"percentile bootstrap ({evaluation.n_bootstrap} resamples within each class).",
@@ -275,8 +282,11 @@ def _training(card: ModelCard) -> list[str]:
         ("final train accuracy", _rounded(training.get("train_accuracy"), 3)),
         ("final validation accuracy", _rounded(training.get("val_accuracy"), 3)),
     ]
-    lines = ["## Training configuration", "", "| setting | value |", "|---|---|"]
-    lines += [f"| {label} | {_text(value)} |" for label, value in rows]
+    lines = [
+        "## Training configuration",
+        "",
+        *markdown_table(["setting", "value"], [(label, _text(value)) for label, value in rows]),
+    ]
     if card.parameters.get("sources"):
         lines += ["", f"Sources: {', '.join(f'`{s}`' for s in card.parameters['sources'])}."]
     if card.parameters.get("split"):
@@ -302,9 +312,8 @@ def _versions(card: ModelCard) -> list[str]:
     lines = ["## Library and code versions", "", f"Code version: `{card.code_version}`.", ""]
     if not card.library_versions:
         return [*lines, "Library versions were not recorded.", ""]
-    lines += ["| library | version |", "|---|---|"]
-    lines += [f"| {_text(k)} | {_text(v)} |" for k, v in sorted(card.library_versions.items())]
-    return [*lines, ""]
+    rows = [(_text(k), _text(v)) for k, v in sorted(card.library_versions.items())]
+    return [*lines, *markdown_table(["library", "version"], rows), ""]
 
 
 def _notes(card: ModelCard) -> list[str]:

@@ -36,8 +36,8 @@ from pydantic import BaseModel, Field
 
 from cxr_model.evaluate import Evaluation
 from cxr_model.generalisation import Generalisation
+from cxr_model.markdown import markdown_table
 from cxr_model.registry import CANDIDATE, CHAMPION
-from cxr_model.safe_text import markdown_cell
 
 __all__ = ["GateDecision", "GateSettings", "decide", "gate_markdown", "headline_metrics"]
 
@@ -278,7 +278,7 @@ def _cell(value: object) -> str:
         return "n/a"
     if isinstance(value, float):
         return f"{value:.3f}"
-    return markdown_cell(value)
+    return str(value)
 
 
 def _minimum(metric: str, settings: GateSettings) -> str:
@@ -305,25 +305,26 @@ def gate_markdown(decision: GateDecision, heading: str | None = "###") -> str:
             else f"champion v{decision.champion_version}"
         )
     )
-    head = "| metric | candidate |" + (f" {champion} (same data) |" if champion else "")
-    lines += [head + " gate |", "|---|---:|" + ("---:|" if champion else "") + "---|"]
+    header = ["metric", "candidate", *([f"{champion} (same data)"] if champion else []), "gate"]
+    rows = []
     for metric, value in decision.candidate_metrics.items():
-        row = f"| {_label(metric)} | {_cell(value)} |"
+        row = [_label(metric), _cell(value)]
         if champion:
-            row += f" {_cell((decision.champion_metrics or {}).get(metric))} |"
+            row.append(_cell((decision.champion_metrics or {}).get(metric)))
         rule = _minimum(metric, decision.settings)
         if metric == decision.metric and champion:
             rule = " ".join(
                 filter(None, [rule, f"compared (tolerance {decision.settings.tolerance:.3f})"])
             )
-        lines.append(f"{row} {rule} |")
+        rows.append([*row, rule])
+    lines += markdown_table(header, rows, align="lrr" if champion else "lr")
     if decision.confounded or decision.unseen_evidence:
-        lines += ["", "| evidence from unseen sources | candidate | gate |", "|---|---:|---|"]
         needed = f"≥ {decision.settings.min_unseen_auc:.3f}" if decision.confounded else "reported"
-        lines += [
-            f"| {name} | {value:.3f} | {needed} |"
-            for name, value in decision.unseen_evidence.items()
-        ] or ["| (none measured) | n/a | required: the data are confounded |"]
+        evidence = [
+            (name, f"{value:.3f}", needed) for name, value in decision.unseen_evidence.items()
+        ] or [("(none measured)", "n/a", "required: the data are confounded")]
+        header = ["evidence from unseen sources", "candidate", "gate"]
+        lines += ["", *markdown_table(header, evidence, align="lr")]
     if decision.champion_problem is not None:
         which = (
             "champion"

@@ -30,6 +30,7 @@ from cxr_model.evaluate import (
     bootstrap_aucs,
     evaluate_predictions,
 )
+from cxr_model.markdown import markdown_table
 from cxr_model.safe_text import markdown_cell
 
 __all__ = [
@@ -244,12 +245,16 @@ def estimates_markdown(internal: Evaluation, found: Generalisation, heading: str
         f"Thresholded numbers are at threshold {internal.threshold:.3f}, chosen on Val "
         f"({internal.threshold_rule}).",
         "",
-        "| estimate | covid / normal | AUC (95% CI) | sensitivity | specificity | what it measures |",
-        "|---|---:|---|---:|---:|---|",
-        f"| internal Val | {internal.n_covid} / {internal.n_normal} | "
-        f"{_at(internal.auc)}{_ci(internal.auc_ci_low, internal.auc_ci_high)} | "
-        f"{_at(internal.sensitivity)} | {_at(internal.specificity)} | new patients from the "
-        "training sources |",
+    ]
+    rows = [
+        (
+            "internal Val",
+            f"{internal.n_covid} / {internal.n_normal}",
+            f"{_at(internal.auc)}{_ci(internal.auc_ci_low, internal.auc_ci_high)}",
+            _at(internal.sensitivity),
+            _at(internal.specificity),
+            "new patients from the training sources",
+        )
     ]
     held = found.held_out
     if held is not None:
@@ -258,33 +263,59 @@ def estimates_markdown(internal: Evaluation, found: Generalisation, heading: str
             if honest and honest.kind == "held_out"
             else "held-out sources"
         )
-        lines.append(
-            f"| {label}: {markdown_cell(', '.join(found.held_out_sources))} | {held.n_covid} / {held.n_normal} | "
-            f"{_at(held.auc)}{_ci(held.auc_ci_low, held.auc_ci_high)} | {_at(held.sensitivity)} | "
-            f"{_at(held.specificity)} | hospitals never seen in training |"
+        rows.append(
+            (
+                f"{label}: {', '.join(found.held_out_sources)}",
+                f"{held.n_covid} / {held.n_normal}",
+                f"{_at(held.auc)}{_ci(held.auc_ci_low, held.auc_ci_high)}",
+                _at(held.sensitivity),
+                _at(held.specificity),
+                "hospitals never seen in training",
+            )
         )
     if found.stratified is not None:
         s = found.stratified
         label = "within-source, pooled" + (
             " (honest)" if honest and honest.kind == "within_source" else ""
         )
-        lines.append(
-            f"| {label}: {markdown_cell(', '.join(s.sources))} | {s.n_images} images | "
-            f"{s.auc:.2f}{_ci(s.auc_ci_low, s.auc_ci_high)} | | | covid vs normal within one "
-            "hospital: the source cannot help |"
+        rows.append(
+            (
+                f"{label}: {', '.join(s.sources)}",
+                f"{s.n_images} images",
+                f"{s.auc:.2f}{_ci(s.auc_ci_low, s.auc_ci_high)}",
+                "",
+                "",
+                "covid vs normal within one hospital: the source cannot help",
+            )
         )
+    header = [
+        "estimate",
+        "covid / normal",
+        "AUC (95% CI)",
+        "sensitivity",
+        "specificity",
+        "what it measures",
+    ]
+    lines += markdown_table(header, rows, align="lrlrr")
     lines += ["", f"Held-out sources: {markdown_cell(found.held_out_reason or 'none')}.", ""]
     if found.within_source:
         lines += [
             f"{heading}# Within-source AUC (unseen images; pooled when ≥ {MIN_PER_CLASS} per class)",
             "",
-            "| source | split | covid | normal | AUC (95% CI) |",
-            "|---|---|---:|---:|---|",
-        ]
-        lines += [
-            f"| {markdown_cell(row.source)} | {row.splits} | {row.n_covid} | {row.n_normal} | "
-            f"{row.auc:.2f}{_ci(row.auc_ci_low, row.auc_ci_high)} |"
-            for row in found.within_source
+            *markdown_table(
+                ["source", "split", "covid", "normal", "AUC (95% CI)"],
+                [
+                    (
+                        row.source,
+                        row.splits,
+                        row.n_covid,
+                        row.n_normal,
+                        f"{row.auc:.2f}{_ci(row.auc_ci_low, row.auc_ci_high)}",
+                    )
+                    for row in found.within_source
+                ],
+                align="llrr",
+            ),
         ]
     else:
         lines.append("No source has both classes among the unseen images: no within-source AUC.")

@@ -12,7 +12,6 @@ from sklearn.metrics import roc_auc_score
 
 from cxr_model.evaluate import (
     Evaluation,
-    _weighted_aucs,
     bootstrap_aucs,
     choose_threshold,
     evaluate_predictions,
@@ -21,6 +20,7 @@ from cxr_model.evaluate import (
     folds_markdown,
     summarise_folds,
 )
+from cxr_model.evaluate.metrics import _weighted_aucs
 from cxr_model.html_report import linked_images, markdown_to_html
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

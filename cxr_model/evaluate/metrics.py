@@ -1,4 +1,4 @@
-"""Evaluate a classifier honestly: scikit-learn metrics, a bootstrap CI, plots and a report.
+"""Evaluate a classifier honestly: scikit-learn metrics, a bootstrap CI and the decision threshold.
 
 Covid is the positive class (label 1). :func:`evaluate_predictions` gives the ranking quality
 (ROC AUC with a 95% bootstrap interval, average precision), the calibration (Brier score) and the
@@ -10,73 +10,35 @@ When no threshold is given it is chosen on the same data by a :class:`ThresholdR
 default). That makes the threshold-dependent numbers optimistic for these data; the AUC, average
 precision and Brier score do not depend on it. PPV and NPV depend on the covid share of the data,
 which rarely matches the share where a model would be used.
-
-Plots are drawn with matplotlib's object API onto Agg canvases (no display, no pyplot state) and
-returned as PNG bytes. This module does not import Prefect.
 """
 
 from __future__ import annotations
 
-import io
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Literal
 
 import numpy as np
-from matplotlib.axes import Axes
-from matplotlib.figure import Figure
 from pydantic import BaseModel, Field
-from sklearn.calibration import calibration_curve
 from sklearn.metrics import (
     accuracy_score,
     average_precision_score,
     brier_score_loss,
     confusion_matrix,
     f1_score,
-    precision_recall_curve,
     roc_auc_score,
     roc_curve,
 )
-
-from cxr_model.html_report import data_uri
-from cxr_model.safe_text import markdown_cell
-
-__all__ = [
-    "CI_LEVEL",
-    "DEFAULT_THRESHOLD",
-    "FOLD_METRICS",
-    "PLOT_TITLES",
-    "Evaluation",
-    "SourceEvaluation",
-    "ThresholdRule",
-    "bootstrap_aucs",
-    "choose_threshold",
-    "chosen_on_data",
-    "evaluate_predictions",
-    "evaluation_plots",
-    "evaluation_report_markdown",
-    "folds_markdown",
-    "metrics_table_markdown",
-    "per_source_markdown",
-    "summarise_folds",
-    "threshold_text",
-]
 
 DEFAULT_THRESHOLD = 0.5  # used when the data cannot choose one (a single class)
 DEFAULT_TARGET_SENSITIVITY = 0.95
 DEFAULT_BOOTSTRAP = 1000
 CI_LEVEL = 0.95
-CALIBRATION_BINS = 10
-UNKNOWN_SOURCE = "(unknown)"
-FIGURE_SIZE = (4.5, 4.0)  # inches
-FIGURE_DPI = 100
 
-PLOT_TITLES = {  # file name → alt text, in report order
-    "roc.png": "ROC curve",
-    "pr.png": "Precision-recall curve",
-    "calibration.png": "Reliability diagram",
-    "confusion_matrix.png": "Confusion matrix",
-}
+
+UNKNOWN_SOURCE = "(unknown)"
+
+
 # Metrics summarised over cross-validation folds, with their table headings.
 FOLD_METRICS = {
     "auc": "AUC",
@@ -152,10 +114,7 @@ class Evaluation(BaseModel):
     per_source: list[SourceEvaluation] = Field(default_factory=list)
 
 
-# --- thresholds ---------------------------------------------------------------------------------
-
-
-def _as_arrays(labels: Iterable, probabilities: Iterable) -> tuple[np.ndarray, np.ndarray]:
+def as_arrays(labels: Iterable, probabilities: Iterable) -> tuple[np.ndarray, np.ndarray]:
     """Labels as 0/1 ints and probabilities as floats, checked for shape, range and NaN."""
     y = np.asarray(labels).astype(int).reshape(-1)
     p = np.asarray(probabilities, dtype=float).reshape(-1)
@@ -170,7 +129,7 @@ def _as_arrays(labels: Iterable, probabilities: Iterable) -> tuple[np.ndarray, n
     return y, p
 
 
-def _both_classes(labels: np.ndarray) -> bool:
+def both_classes(labels: np.ndarray) -> bool:
     return bool(labels.any() and not labels.all())
 
 
@@ -187,8 +146,8 @@ def choose_threshold(
     least ``target_sensitivity``. With a single class there is no curve: 0.5.
     """
     chosen = ThresholdRule(rule=rule, target_sensitivity=target_sensitivity)
-    y, p = _as_arrays(labels, probabilities)
-    if not _both_classes(y):
+    y, p = as_arrays(labels, probabilities)
+    if not both_classes(y):
         return DEFAULT_THRESHOLD
     # Every distinct score is a candidate; dropping "intermediate" points could skip the exact
     # threshold where sensitivity first reaches the target.
@@ -217,7 +176,7 @@ def _counts(labels: np.ndarray, predicted: np.ndarray) -> tuple[int, int, int, i
 
 
 def _auc(labels: np.ndarray, probabilities: np.ndarray) -> float | None:
-    return float(roc_auc_score(labels, probabilities)) if _both_classes(labels) else None
+    return float(roc_auc_score(labels, probabilities)) if both_classes(labels) else None
 
 
 def _weighted_aucs(
@@ -244,8 +203,8 @@ def bootstrap_aucs(
 ) -> np.ndarray:
     """AUCs of ``n_bootstrap`` resamples drawn with replacement *within each class*, so that every
     resample keeps the class sizes (and has both classes). Empty for a single class."""
-    y, p = _as_arrays(labels, probabilities)
-    if not _both_classes(y) or n_bootstrap < 1:
+    y, p = as_arrays(labels, probabilities)
+    if not both_classes(y) or n_bootstrap < 1:
         return np.empty(0)
     positives, negatives = p[y == 1], np.sort(p[y == 0])
     rng = np.random.default_rng(seed)
@@ -314,9 +273,9 @@ def evaluate_predictions(
     ``seed`` (0 resamples: no interval). ``sources`` (one name per image) adds per-source results
     when it names more than one source.
     """
-    y, p = _as_arrays(labels, probabilities)
+    y, p = as_arrays(labels, probabilities)
     names = _source_names(sources, len(y))
-    both = _both_classes(y)
+    both = both_classes(y)
     if threshold is not None:
         rule_name = "given"
     elif both:
@@ -359,225 +318,6 @@ def evaluate_predictions(
     )
 
 
-# --- plots --------------------------------------------------------------------------------------
-
-
-def _png(figure: Figure) -> bytes:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=FIGURE_DPI)
-    return buffer.getvalue()
-
-
-def _figure() -> tuple[Figure, Axes]:
-    figure = Figure(figsize=FIGURE_SIZE, layout="constrained")
-    return figure, figure.subplots()
-
-
-def _no_curve(axes: Axes, why: str) -> None:
-    axes.text(0.5, 0.5, why, ha="center", va="center", transform=axes.transAxes)
-
-
-def _roc_plot(y: np.ndarray, p: np.ndarray, evaluation: Evaluation) -> bytes:
-    figure, axes = _figure()
-    axes.plot([0, 1], [0, 1], linestyle=":", color="grey", label="chance")
-    if _both_classes(y):
-        fpr, tpr, _ = roc_curve(y, p)
-        ci = (
-            f" (95% CI {evaluation.auc_ci_low:.2f}–{evaluation.auc_ci_high:.2f})"
-            if evaluation.auc_ci_low is not None and evaluation.auc_ci_high is not None
-            else ""
-        )
-        axes.plot(fpr, tpr, label=f"AUC {evaluation.auc:.3f}{ci}")
-        if evaluation.sensitivity is not None and evaluation.specificity is not None:
-            axes.plot(
-                [1 - evaluation.specificity],
-                [evaluation.sensitivity],
-                "o",
-                label=f"threshold {evaluation.threshold:.3f}",
-            )
-        axes.legend(loc="lower right", fontsize="small")
-    else:
-        _no_curve(axes, "single class: no ROC curve")
-    axes.set(xlabel="1 − specificity", ylabel="sensitivity", title="ROC (covid positive)")
-    axes.set(xlim=(0, 1), ylim=(0, 1.02))
-    return _png(figure)
-
-
-def _pr_plot(y: np.ndarray, p: np.ndarray, evaluation: Evaluation) -> bytes:
-    figure, axes = _figure()
-    if _both_classes(y):
-        precision, recall, _ = precision_recall_curve(y, p)
-        axes.plot(recall, precision, label=f"AP {evaluation.average_precision:.3f}")
-        axes.axhline(y.mean(), linestyle=":", color="grey", label=f"covid share {y.mean():.2f}")
-        if evaluation.ppv is not None and evaluation.sensitivity is not None:
-            axes.plot([evaluation.sensitivity], [evaluation.ppv], "o", label="threshold")
-        axes.legend(loc="lower left", fontsize="small")
-    else:
-        _no_curve(axes, "single class: no PR curve")
-    axes.set(xlabel="recall (sensitivity)", ylabel="precision (PPV)", title="Precision–recall")
-    axes.set(xlim=(0, 1), ylim=(0, 1.02))
-    return _png(figure)
-
-
-def _calibration_plot(y: np.ndarray, p: np.ndarray, evaluation: Evaluation) -> bytes:
-    figure, axes = _figure()
-    observed, predicted = calibration_curve(y, p, n_bins=CALIBRATION_BINS, strategy="uniform")
-    axes.plot([0, 1], [0, 1], linestyle=":", color="grey", label="perfect calibration")
-    axes.plot(predicted, observed, "o-", label="model")
-    axes.legend(loc="upper left", fontsize="small")
-    axes.set(
-        xlabel="mean predicted covid probability",
-        ylabel="observed covid share",
-        title=f"Reliability (Brier {evaluation.brier:.3f})",
-        xlim=(0, 1),
-        ylim=(0, 1.02),
-    )
-    return _png(figure)
-
-
-def _confusion_plot(evaluation: Evaluation) -> bytes:
-    figure, axes = _figure()
-    m = evaluation.confusion_matrix
-    cells = np.array([[m["tn"], m["fp"]], [m["fn"], m["tp"]]])  # rows: true, columns: called
-    axes.imshow(cells, cmap="Blues")
-    for (row, column), count in np.ndenumerate(cells):
-        dark = count > cells.max() / 2
-        axes.text(column, row, str(count), ha="center", va="center", color="w" if dark else "k")
-    axes.set(
-        xticks=[0, 1],
-        yticks=[0, 1],
-        xticklabels=["normal", "covid"],
-        yticklabels=["normal", "covid"],
-        xlabel="called",
-        ylabel="true",
-        title=f"Confusion matrix at {evaluation.threshold:.3f}",
-    )
-    return _png(figure)
-
-
-def evaluation_plots(
-    labels: Iterable, probabilities: Iterable, evaluation: Evaluation
-) -> dict[str, bytes]:
-    """File name → PNG bytes for the ROC, precision-recall, reliability and confusion plots of
-    ``evaluation`` (which must come from these labels and probabilities)."""
-    y, p = _as_arrays(labels, probabilities)
-    return {
-        "roc.png": _roc_plot(y, p, evaluation),
-        "pr.png": _pr_plot(y, p, evaluation),
-        "calibration.png": _calibration_plot(y, p, evaluation),
-        "confusion_matrix.png": _confusion_plot(evaluation),
-    }
-
-
-# --- reports ------------------------------------------------------------------------------------
-
-
-def _fmt(value: float | None, digits: int = 3) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
-
-
-def _auc_text(evaluation: Evaluation) -> str:
-    if evaluation.auc is None:
-        return "n/a (single class)"
-    if evaluation.auc_ci_low is None or evaluation.auc_ci_high is None:
-        return _fmt(evaluation.auc)
-    return f"{evaluation.auc:.3f} (95% CI {evaluation.auc_ci_low:.3f}–{evaluation.auc_ci_high:.3f})"
-
-
-def chosen_on_data(evaluation: Evaluation) -> bool:
-    """Whether the threshold was picked by a rule on the evaluated data themselves."""
-    return evaluation.threshold_rule != "given" and not evaluation.threshold_rule.startswith(
-        "default"
-    )
-
-
-def threshold_text(evaluation: Evaluation) -> str:
-    """``0.412 (youden, chosen on these data)``: the threshold and where it came from."""
-    how = evaluation.threshold_rule
-    if chosen_on_data(evaluation):
-        how += ", chosen on these data"
-    return f"{evaluation.threshold:.3f} ({how})"
-
-
-def metrics_table_markdown(evaluation: Evaluation) -> list[str]:
-    """The key numbers of ``evaluation`` as markdown table lines."""
-    m = evaluation.confusion_matrix
-    return [
-        "| metric | value |",
-        "|---|---|",
-        f"| images | {evaluation.n_images} ({evaluation.n_covid} covid, "
-        f"{evaluation.n_normal} normal) |",
-        f"| ROC AUC | {_auc_text(evaluation)} |",
-        f"| average precision | {_fmt(evaluation.average_precision)} |",
-        f"| threshold | {threshold_text(evaluation)} |",
-        f"| sensitivity | {_fmt(evaluation.sensitivity)} |",
-        f"| specificity | {_fmt(evaluation.specificity)} |",
-        f"| PPV | {_fmt(evaluation.ppv)} |",
-        f"| NPV | {_fmt(evaluation.npv)} |",
-        f"| F1 | {_fmt(evaluation.f1)} |",
-        f"| accuracy | {_fmt(evaluation.accuracy)} |",
-        f"| Brier score | {_fmt(evaluation.brier)} |",
-        f"| confusion matrix | TP {m['tp']}, FN {m['fn']}, FP {m['fp']}, TN {m['tn']} |",
-    ]
-
-
-def per_source_markdown(evaluation: Evaluation) -> list[str]:
-    """Per-source results as markdown table lines (empty when there are none)."""
-    if not evaluation.per_source:
-        return []
-    lines = [
-        "| source | images | covid | normal | accuracy | AUC | sensitivity | specificity |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    lines += [
-        f"| {markdown_cell(s.source)} | {s.n_images} | {s.n_covid} | {s.n_normal} "
-        f"| {_fmt(s.accuracy)} | {_fmt(s.auc)} | {_fmt(s.sensitivity)} "
-        f"| {_fmt(s.specificity)} |"
-        for s in evaluation.per_source
-    ]
-    return lines
-
-
-def evaluation_report_markdown(
-    evaluation: Evaluation,
-    plots: Mapping[str, bytes] | Iterable[str] = (),
-    title: str = "Validation evaluation",
-) -> str:
-    """A markdown report: key numbers, the plots and the per-source table.
-
-    ``plots`` as file name → PNG bytes (:func:`evaluation_plots`) puts each plot inline as a
-    ``data:`` image, so the report shows them wherever it is rendered (the Prefect UI, an HTML
-    page); as file names only, it links them by relative name, for a report stored beside them.
-    """
-    lines = [f"## {title}", "", *metrics_table_markdown(evaluation), ""]
-    if chosen_on_data(evaluation):
-        lines += [
-            "The threshold was chosen on the data it is evaluated on, so the threshold-dependent "
-            "numbers are optimistic; AUC, average precision and Brier score do not depend on it.",
-            "",
-        ]
-    names = list(plots)
-    ordered = [n for n in PLOT_TITLES if n in names] + [n for n in names if n not in PLOT_TITLES]
-    inline = isinstance(plots, Mapping)
-    lines += [
-        f"![{PLOT_TITLES.get(name, name.rsplit('.', 1)[0])}]"
-        f"({data_uri(name, plots[name]) if inline else name})"
-        for name in ordered
-    ]
-    if ordered:
-        lines.append("")
-    if evaluation.per_source:
-        lines += [
-            "### Per source",
-            "",
-            f"At the overall threshold {evaluation.threshold:.3f}.",
-            "",
-            *per_source_markdown(evaluation),
-            "",
-        ]
-    return "\n".join(lines)
-
-
 def summarise_folds(evaluations: list[Evaluation]) -> dict[str, dict[str, float]]:
     """Metric → {mean, sd, n} over cross-validation folds, ignoring folds where it is None.
 
@@ -597,25 +337,3 @@ def summarise_folds(evaluations: list[Evaluation]) -> dict[str, dict[str, float]
                 "n": len(values),
             }
     return summary
-
-
-def folds_markdown(evaluations: list[Evaluation], title: str = "Cross-validation") -> str:
-    """One row per fold and a mean ± sd row, as a markdown table."""
-    summary = summarise_folds(evaluations)
-    heads = list(FOLD_METRICS.values())
-    lines = [
-        f"## {title}",
-        "",
-        f"| fold | images | {' | '.join(heads)} |",
-        f"|---|---:|{'---:|' * len(heads)}",
-    ]
-    for number, e in enumerate(evaluations, start=1):
-        cells = " | ".join(_fmt(getattr(e, metric)) for metric in FOLD_METRICS)
-        lines.append(f"| {number} | {e.n_images} | {cells} |")
-    means = " | ".join(
-        f"{summary[m]['mean']:.3f} ± {summary[m]['sd']:.3f}" if m in summary else "n/a"
-        for m in FOLD_METRICS
-    )
-    total = sum(e.n_images for e in evaluations)
-    lines.append(f"| mean ± sd | {total} | {means} |")
-    return "\n".join(lines) + "\n"
