@@ -324,13 +324,11 @@ def start_store(root: Path):
 
 def register(model, store: ObjectStore, root: Path) -> int:
     """Register ``model`` as the flow's model; return its version."""
-    from cxr_model.config import get_settings
-    from cxr_model.registry import Registry
+    from cxr_model.configured import open_registry
 
     path = root / "model.keras"
     model.save(path)
-    settings = get_settings()
-    card = Registry(store, settings.model_name, settings.cache_dir).register(
+    card = open_registry(store=store).register(
         path,
         threshold=THRESHOLD,
         metrics={},
