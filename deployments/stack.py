@@ -54,7 +54,7 @@ import typer
 import yaml
 
 from cxr_model import embedded_store, report_server
-from cxr_model.config import Settings, get_settings
+from cxr_model.config import INBOX_PREFIX, Settings, get_settings
 from cxr_model.embedded_store import process_alive, recorded_process
 from cxr_model.sample import SAMPLE_TRAINING, SampleSpec, generate_sample
 from cxr_model.storage import open_store
@@ -71,7 +71,6 @@ NOTIFY_GRACE_S = 5.0  # the server's automations act on a crash in about a secon
 # What the server logs (INFO) as its automations start listening for events.
 SERVICES_READY_LINE = b"Starting automation change listener"
 STOP_TIMEOUT_S = 20.0
-INBOX_PREFIX = "inbox/"
 # The Prefect variable that prefect.yaml reads the nightly training settings from.
 NIGHTLY_TRAINING_VARIABLE = "cxr_nightly_training"
 # Defaults for the "{{ $NAME }}" values in prefect.yaml; the environment overrides each.
