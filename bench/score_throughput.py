@@ -459,15 +459,13 @@ def start_store(root: Path):
 def register(model, store: ObjectStore, root: Path):
     """Register ``model`` as registration does (its ONNX export on the card and attached);
     return its version and the export."""
-    from cxr_model.config import get_settings
+    from cxr_model.configured import open_registry
     from cxr_model.inference import INFERENCE_FILE, export_onnx
-    from cxr_model.registry import Registry
 
     path = root / "model.keras"
     model.save(path)
     export = export_onnx(model, IMAGE_SIZE)
-    settings = get_settings()
-    models = Registry(store, settings.model_name, settings.cache_dir)
+    models = open_registry(store=store)
     card = models.register(
         path,
         threshold=THRESHOLD,

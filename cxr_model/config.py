@@ -11,6 +11,9 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# Where files wait to be scored in the bucket: score-inbox reads it, `make up` seeds it.
+INBOX_PREFIX = "inbox/"
+
 
 class Settings(BaseSettings):
     """Where cxr keeps its state and which object store it talks to."""

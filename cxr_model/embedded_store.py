@@ -48,10 +48,13 @@ import psutil
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from cxr_model.processes import process_alive, recorded_process, start_time, stop_processes
+
 HOST = "127.0.0.1"
 GRPC_OFFSET = 10_000
 SERVICES = ("master", "volume", "filer", "s3", "admin")
 READY_TIMEOUT_S = 90.0
+STOP_TIMEOUT_S = 15.0  # SIGTERM, then SIGKILL
 PROBE_BUCKET = "cxr-health"
 PRIVATE_DIR = 0o700
 PRIVATE_FILE = 0o600
@@ -357,7 +360,7 @@ def start_server(
         pid=process.pid,
         data_dir=str(data_dir),
         ports=dict(zip(SERVICES, ports, strict=True)),
-        started_at=_start_time(process.pid),
+        started_at=start_time(process.pid),
     )
     deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline:
@@ -374,50 +377,12 @@ def start_server(
     )
 
 
-def process_alive(pid: int) -> bool:
-    """True while a process with this id exists (ours or not)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _start_time(pid: int) -> float | None:
-    try:
-        return psutil.Process(pid).create_time()
-    except psutil.Error:
-        return None
-
-
-def recorded_process(pid: int, started_at: float | None, *markers: str) -> psutil.Process | None:
-    """The live process with this id if it is the one recorded, else None.
-
-    It must have started when recorded (when a start time was recorded) and its command line
-    must contain every marker: a pid reused by an unrelated process is never taken for ours.
-    """
-    try:
-        process = psutil.Process(pid)
-        if process.status() == psutil.STATUS_ZOMBIE:
-            return None
-        if started_at is not None and abs(process.create_time() - started_at) > 1.0:
-            return None
-        command = process.cmdline()
-    except psutil.Error:
-        return None
-    if all(any(marker in part for part in command) for marker in markers):
-        return process
-    return None
-
-
 def _store_process(server: EmbeddedServer, record: Path) -> psutil.Process | None:
     """The recorded store's process, or None (saying so when the pid now belongs to another)."""
     found = recorded_process(
         server.pid, server.started_at, "weed", "mini", f"-dir={server.data_dir}"
     )
-    if found is None and process_alive(server.pid) and _start_time(server.pid) is not None:
+    if found is None and process_alive(server.pid) and start_time(server.pid) is not None:
         logger.warning(
             "%s: stale record: process %d is not this store's SeaweedFS (the store has stopped "
             "and the id was reused); it was left alone",
@@ -465,23 +430,12 @@ def ensure_running(state_dir: Path) -> tuple[EmbeddedServer, Credentials]:
         if server and process and probe(server.endpoint_url, creds):
             return server, creds
         if process:
-            _terminate(process)
+            stop_processes([process], STOP_TIMEOUT_S)
         _, server = start_server(
             folder / "data", creds, log_path=folder / "server.log", detach=True
         )
         _write_private(folder / "server.json", json.dumps(asdict(server)).encode())
         return server, creds
-
-
-def _terminate(process: psutil.Process, timeout_s: float = 15.0) -> None:
-    """SIGTERM, then SIGKILL after ``timeout_s``; psutil re-checks the pid is still it."""
-    try:
-        process.terminate()
-        process.wait(timeout=timeout_s)
-    except psutil.TimeoutExpired:
-        process.kill()
-    except psutil.NoSuchProcess:
-        pass
 
 
 def stop(state_dir: Path) -> bool:
@@ -493,7 +447,7 @@ def stop(state_dir: Path) -> bool:
         (folder / "server.json").unlink(missing_ok=True)
         if process is None:
             return False
-        _terminate(process)
+        stop_processes([process], STOP_TIMEOUT_S)
         return True
 
 

@@ -11,14 +11,9 @@ cancelled: Cancelled), which frees their deployments' concurrency slots, then st
 ``up`` does the same for runs a stopped worker left Running or Pending (the machine went down, the
 processes were killed) before it starts a worker, and frees slots that no active run holds.
 
-Deployments: ``up`` records a hash of each deployment's definition (its ``prefect.yaml`` entry,
-the environment values and the training variable it uses) in ``<state_dir>/stack/deployed.json``
-and redeploys only the deployments whose definition changed (or that the server lacks), so a
-schedule paused or edited in the UI stays as it is otherwise; it says which were kept and which
-updated.
-
-Notification: ``notify --webhook URL`` creates a webhook notification block and the
-failed-nightly automation (``deployments/automations/``) that sends to it, together.
+Deployments are redeployed only when their definition changed
+(:mod:`deployments.prefect_server`); ``notify`` sets up the failed-nightly webhook
+(:mod:`deployments.notify`).
 
 So that a fresh stack has something to retrain on and score, ``up`` also generates the synthetic
 sample (as ``make demo`` does) and copies its inbox to ``s3://<bucket>/inbox/`` once. The nightly
@@ -33,61 +28,86 @@ retraining then runs on the sample with the sample's training settings, which pr
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import hashlib
 import json
 import os
-import re
-import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-import httpx
+import psutil
 import typer
-import yaml
 
 from cxr_model import embedded_store, report_server
-from cxr_model.config import Settings, get_settings
-from cxr_model.embedded_store import process_alive, recorded_process
+from cxr_model.config import INBOX_PREFIX, Settings, get_settings
+from cxr_model.processes import process_alive, recorded_process, start_time, stop_processes
 from cxr_model.sample import SAMPLE_TRAINING, SampleSpec, generate_sample
 from cxr_model.storage import open_store
+from deployments.notify import (
+    AUTOMATION_FILE,
+    BLOCK_PLACEHOLDERS,
+    NOTIFY_BLOCK,
+    automation_definition,
+    check_automation,
+    notify,
+    webhook_url,
+)
+from deployments.prefect_server import (
+    NIGHTLY_TRAINING_VARIABLE,
+    PREFECT_FILE,
+    REPO,
+    SERVICES_TIMEOUT_S,
+    WORK_POOL,
+    deploy,
+    deployment_hashes,
+    next_run,
+    plan_deployments,
+    prefect_cli,
+    prefect_client,
+    release_runs,
+    run_logged,
+    wait_for_automations,
+    wait_healthy,
+    work_pool_exists,
+)
 
-REPO = Path(__file__).resolve().parents[1]
-PREFECT_FILE = REPO / "deployments" / "prefect.yaml"
-WORK_POOL = "cxr-process"
+# What tests and scripts reach through this module (`from deployments import stack`).
+__all__ = [
+    "AUTOMATION_FILE",
+    "BLOCK_PLACEHOLDERS",
+    "DEPLOY_DEFAULTS",
+    "NIGHTLY_TRAINING_VARIABLE",
+    "NOTIFY_BLOCK",
+    "PREFECT_FILE",
+    "StackState",
+    "automation_definition",
+    "check_automation",
+    "deployment_hashes",
+    "down",
+    "next_run",
+    "nightly_training",
+    "notify",
+    "plan_deployments",
+    "prefect_client",
+    "prefect_env",
+    "read_state",
+    "up",
+    "webhook_url",
+]
+
 DEFAULT_PORT = 4200
 REPORTS_PORT = report_server.DEFAULT_PORT
 REPORT_SERVER = [sys.executable, "-m", "cxr_model.report_server"]
-HEALTH_TIMEOUT_S = 240.0  # a Prefect server on 2 busy cores can take a minute or more
-SERVICES_TIMEOUT_S = 60.0
 NOTIFY_GRACE_S = 5.0  # the server's automations act on a crash in about a second
-# What the server logs (INFO) as its automations start listening for events.
-SERVICES_READY_LINE = b"Starting automation change listener"
 STOP_TIMEOUT_S = 20.0
-INBOX_PREFIX = "inbox/"
-# The Prefect variable that prefect.yaml reads the nightly training settings from.
-NIGHTLY_TRAINING_VARIABLE = "cxr_nightly_training"
 # Defaults for the "{{ $NAME }}" values in prefect.yaml; the environment overrides each.
 DEPLOY_DEFAULTS = {
     "CXR_NIGHTLY_CRON": "0 2 * * *",
     "CXR_NIGHTLY_TIMEZONE": "UTC",
     "CXR_INBOX_MINUTES": "10",
 }
-
-ENV_PLACEHOLDER = re.compile(r"\{\{\s*\$(\w+)\s*\}\}")
-VARIABLE_PLACEHOLDER = re.compile(r"\{\{\s*prefect\.variables\.(\w+)\s*\}\}")
-AUTOMATION_FILE = REPO / "deployments" / "automations" / "nightly-retrain-failed.yaml"
-NOTIFY_BLOCK = "cxr-nightly-retrain-failed"
-# What deployments/automations/*.yaml hold where a notification block's id goes: never a block.
-BLOCK_PLACEHOLDERS = {"<set by make notify>", "00000000-0000-0000-0000-000000000000"}
-ACTIVE_STATES = ("RUNNING", "PENDING", "CANCELLING")
 DOWN_MESSAGE = "the local stack was stopped (make down) while this run was {state}; retry it"
 ORPHAN_MESSAGE = (
     "this run was left {state} by a worker that stopped without make down (killed, or the machine "
@@ -205,10 +225,6 @@ def _training_overrides(text: str) -> dict:
     return overrides
 
 
-def _prefect(*args: str) -> list[str]:
-    return [sys.executable, "-m", "prefect", *args]
-
-
 def _start(command: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen:
     """Start a long-running process in its own session (so ``down`` can stop its children)."""
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -224,43 +240,6 @@ def _start(command: list[str], log: Path, env: dict[str, str]) -> subprocess.Pop
         )
 
 
-def wait_healthy(api_url: str, process: subprocess.Popen, log: Path) -> None:
-    """Block until the Prefect API answers, or fail naming the log to read."""
-    deadline = time.monotonic() + HEALTH_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the Prefect server exited ({process.returncode}); see {log}")
-        try:
-            if httpx.get(f"{api_url}/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    raise RuntimeError(f"the Prefect server did not answer in {HEALTH_TIMEOUT_S:.0f} s; see {log}")
-
-
-def wait_for_automations(log: Path, offset: int, timeout: float = SERVICES_TIMEOUT_S) -> bool:
-    """Block until the server started at ``offset`` of ``log`` evaluates automations (its log
-    says so), so that the events of runs reconciled next reach them. False when it did not."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with log.open("rb") as text:
-            text.seek(offset)
-            if SERVICES_READY_LINE in text.read():
-                time.sleep(2)  # it loads the automations right after saying so
-                return True
-        time.sleep(0.5)
-    return False
-
-
-def _run(command: list[str], env: dict[str, str], log: Path) -> None:
-    """Run a short command, appending its output to ``log``; fail naming the log."""
-    with log.open("ab") as out:
-        done = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)
-    if done.returncode:
-        raise RuntimeError(f"{' '.join(command[2:])} failed ({done.returncode}); see {log}")
-
-
 def seed_sample(settings: Settings) -> None:
     """The synthetic sample under the state folder, and its inbox in the store (each once)."""
     sample = generate_sample(settings.state_dir / "sample", SampleSpec())
@@ -271,155 +250,11 @@ def seed_sample(settings: Settings) -> None:
         store.put_file(f"{INBOX_PREFIX}{path.name}", path)
 
 
-def next_run(cron: str, timezone: str) -> datetime:
-    """When a cron schedule fires next, as Prefect's scheduler computes it."""
-    from prefect.server.schemas.schedules import CronSchedule
-
-    dates = asyncio.run(CronSchedule(cron=cron, timezone=timezone).get_dates(n=1))
-    return dates[0]
-
-
 def read_state(settings: Settings) -> StackState | None:
     path = _stack_file(settings)
     if not path.exists():
         return None
     return StackState(**json.loads(path.read_text()))
-
-
-def _deployed_file(settings: Settings) -> Path:
-    return settings.state_dir / "stack" / "deployed.json"
-
-
-def deployment_hashes(env: dict[str, str], variables: dict[str, object]) -> dict[str, str]:
-    """Each deployment's definition, hashed: its ``prefect.yaml`` entry and the file's shared
-    sections, with the values of the ``{{ $NAME }}`` and ``{{ prefect.variables.x }}`` it uses."""
-    spec = yaml.safe_load(PREFECT_FILE.read_text())
-    shared = {key: value for key, value in spec.items() if key != "deployments"}
-    hashes = {}
-    for deployment in spec["deployments"]:
-        definition = json.dumps({"shared": shared, "deployment": deployment}, sort_keys=True)
-        values = {
-            "env": {name: env.get(name) for name in sorted(ENV_PLACEHOLDER.findall(definition))},
-            "variables": {
-                name: variables.get(name)
-                for name in sorted(VARIABLE_PLACEHOLDER.findall(definition))
-            },
-        }
-        text = definition + json.dumps(values, sort_keys=True)
-        hashes[deployment["name"]] = hashlib.sha256(text.encode()).hexdigest()
-    return hashes
-
-
-def plan_deployments(
-    hashes: dict[str, str], recorded: dict[str, str], on_server: set[str]
-) -> dict[str, str]:
-    """For each deployment: "kept", or "updated (why)" when it has to be (re)deployed."""
-    plan = {}
-    for name, digest in hashes.items():
-        if name not in on_server:
-            plan[name] = "updated (not on the server)"
-        elif name not in recorded:
-            plan[name] = "updated (no record of what was deployed)"
-        elif recorded[name] != digest:
-            plan[name] = "updated (its definition in prefect.yaml or its settings changed)"
-        else:
-            plan[name] = "kept"
-    return plan
-
-
-@contextmanager
-def prefect_client(api_url: str) -> Iterator:
-    """A synchronous Prefect client talking to ``api_url``."""
-    from prefect.client.orchestration import get_client
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    with temporary_settings({PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
-        yield client
-
-
-def release_runs(api_url: str, message: str) -> list[str]:
-    """Mark the work pool's Running/Pending runs Crashed (Cancelling ones Cancelled), forced, with
-    ``message``; then free deployment concurrency slots that no active run holds. For when no
-    worker runs them any more. Returns one line per run or deployment changed."""
-    from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
-    from prefect.client.schemas.filters import (
-        FlowRunFilter,
-        FlowRunFilterDeploymentId,
-        FlowRunFilterState,
-        FlowRunFilterStateType,
-        WorkPoolFilter,
-        WorkPoolFilterName,
-    )
-    from prefect.client.schemas.objects import StateType
-    from prefect.states import Cancelled, Crashed
-
-    active = FlowRunFilterState(
-        type=FlowRunFilterStateType(any_=[StateType[name] for name in ACTIVE_STATES])
-    )
-    pool = WorkPoolFilter(name=WorkPoolFilterName(any_=[WORK_POOL]))
-    done = []
-    with prefect_client(api_url) as client:
-        for run in client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(state=active), work_pool_filter=pool
-        ):
-            was = run.state.name if run.state else "active"
-            if run.state and run.state.type == StateType.CANCELLING:
-                state = Cancelled(message=f"cancelled; {message.format(state=was)}")
-            else:
-                state = Crashed(message=message.format(state=was))
-            client.set_flow_run_state(run.id, state, force=True)
-            done.append(f"flow run {run.name} ({run.id}): {was} -> {state.name}")
-        for deployment in client.read_deployments(work_pool_filter=pool):
-            limit = deployment.global_concurrency_limit
-            if limit is None or not limit.active_slots:
-                continue
-            holding = client.read_flow_runs(
-                flow_run_filter=FlowRunFilter(
-                    state=active, deployment_id=FlowRunFilterDeploymentId(any_=[deployment.id])
-                )
-            )
-            if limit.active_slots > len(holding):
-                client.update_global_concurrency_limit(
-                    limit.name, GlobalConcurrencyLimitUpdate(active_slots=len(holding))
-                )
-                done.append(
-                    f"deployment {deployment.name}: freed {limit.active_slots - len(holding)} "
-                    "concurrency slot(s) held by no active run"
-                )
-    return done
-
-
-def _work_pool_exists(api_url: str) -> bool:
-    from prefect.exceptions import ObjectNotFound
-
-    with prefect_client(api_url) as client:
-        try:
-            client.read_work_pool(WORK_POOL)
-        except ObjectNotFound:
-            return False
-    return True
-
-
-def deploy(env: dict[str, str], settings: Settings, training: dict, log: Path) -> dict[str, str]:
-    """(Re)deploy the deployments whose definition changed; keep the others as they are on the
-    server (with their schedules and pauses from the UI). Returns :func:`plan_deployments`."""
-    hashes = deployment_hashes(env, {NIGHTLY_TRAINING_VARIABLE: training})
-    path = _deployed_file(settings)
-    recorded = json.loads(path.read_text()) if path.exists() else {}
-    with prefect_client(env["PREFECT_API_URL"]) as client:
-        on_server = {d.name for d in client.read_deployments()}
-    plan = plan_deployments(hashes, recorded, on_server)
-    updated = [name for name, what in plan.items() if what != "kept"]
-    if updated:
-        names = [arg for name in updated for arg in ("--name", name)]
-        _run(
-            _prefect("--no-prompt", "deploy", *names, "--prefect-file", str(PREFECT_FILE)),
-            env,
-            log,
-        )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(recorded | {name: hashes[name] for name in updated}, indent=2))
-    return plan
 
 
 def up(port: int = DEFAULT_PORT, settings: Settings | None = None) -> StackState:
@@ -446,7 +281,7 @@ def up(port: int = DEFAULT_PORT, settings: Settings | None = None) -> StackState
     server_log = logs / "prefect-server.log"
     offset = server_log.stat().st_size if server_log.exists() else 0
     server = _start(
-        _prefect("server", "start", "--host", "127.0.0.1", "--port", str(port)),
+        prefect_cli("server", "start", "--host", "127.0.0.1", "--port", str(port)),
         logs / "prefect-server.log",
         env,
     )
@@ -463,10 +298,12 @@ def up(port: int = DEFAULT_PORT, settings: Settings | None = None) -> StackState
             )
         # no worker runs yet: whatever is still Running or Pending was left by a stopped one
         reconciled = release_runs(env["PREFECT_API_URL"], ORPHAN_MESSAGE)
-        if not _work_pool_exists(env["PREFECT_API_URL"]):  # else kept, paused or not
-            _run(_prefect("work-pool", "create", WORK_POOL, "--type", "process"), env, deploy_log)
-        _run(
-            _prefect(
+        if not work_pool_exists(env["PREFECT_API_URL"]):  # else kept, paused or not
+            run_logged(
+                prefect_cli("work-pool", "create", WORK_POOL, "--type", "process"), env, deploy_log
+            )
+        run_logged(
+            prefect_cli(
                 "variable", "set", NIGHTLY_TRAINING_VARIABLE, json.dumps(training), "--overwrite"
             ),
             env,
@@ -474,7 +311,7 @@ def up(port: int = DEFAULT_PORT, settings: Settings | None = None) -> StackState
         )
         deployments = deploy(env, settings, training, deploy_log)
         worker = _start(
-            _prefect("worker", "start", "--pool", WORK_POOL, "--type", "process"),
+            prefect_cli("worker", "start", "--pool", WORK_POOL, "--type", "process"),
             logs / "prefect-worker.log",
             env,
         )
@@ -490,12 +327,12 @@ def up(port: int = DEFAULT_PORT, settings: Settings | None = None) -> StackState
         worker_pid=worker.pid,
         started_store=started_store,
         started_at=datetime.now(UTC).isoformat(timespec="seconds"),
-        server_started=_start_time(server.pid),
-        worker_started=_start_time(worker.pid),
+        server_started=start_time(server.pid),
+        worker_started=start_time(worker.pid),
         deployments=deployments,
         reconciled=reconciled,
         reports_pid=reports.pid,
-        reports_started=_start_time(reports.pid),
+        reports_started=start_time(reports.pid),
     )
     path = _stack_file(settings)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -503,53 +340,16 @@ def up(port: int = DEFAULT_PORT, settings: Settings | None = None) -> StackState
     return state
 
 
-def _start_time(pid: int) -> float | None:
-    import psutil
-
-    try:
-        return psutil.Process(pid).create_time()
-    except psutil.Error:
-        return None
-
-
 def _stop(pid: int) -> None:
-    """SIGTERM the process group, then SIGKILL whatever is left after a grace period; then the
-    same for descendants in sessions of their own (the flow runs a worker started)."""
-    import psutil
-
+    """Stop the process group ``pid`` leads (SIGTERM, then SIGKILL after a grace period); then
+    its descendants in sessions of their own (the flow runs a worker started)."""
     try:
-        descendants = psutil.Process(pid).children(recursive=True)
+        leader = psutil.Process(pid)
+        descendants = leader.children(recursive=True)
     except psutil.Error:
-        descendants = []
-    _stop_group(pid)
-    left = [process for process in descendants if process.is_running()]
-    for process in left:
-        with contextlib.suppress(psutil.Error):
-            process.terminate()
-    _, alive = psutil.wait_procs(left, timeout=STOP_TIMEOUT_S)
-    for process in alive:
-        with contextlib.suppress(psutil.Error):
-            process.kill()
-
-
-def _stop_group(pid: int) -> None:
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
         return
-    deadline = time.monotonic() + STOP_TIMEOUT_S
-    while time.monotonic() < deadline:
-        try:
-            os.waitpid(pid, os.WNOHANG)  # reap it when it is our own child
-        except ChildProcessError:
-            pass
-        if not process_alive(pid):
-            return
-        time.sleep(0.2)
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    stop_processes([leader], STOP_TIMEOUT_S, groups=True)
+    stop_processes(descendants, STOP_TIMEOUT_S)
 
 
 def _release_before_stopping(api_url: str) -> list[str]:
@@ -595,70 +395,6 @@ def down(settings: Settings | None = None) -> list[str]:
             stopped.append("stopped: embedded S3 store")
         _stack_file(settings).unlink()
     return stopped
-
-
-def automation_definition(block_id: str) -> dict:
-    """The failed-nightly automation of ``AUTOMATION_FILE`` sending to the block ``block_id``."""
-    if str(block_id) in BLOCK_PLACEHOLDERS:
-        raise ValueError(
-            f"block id {block_id!r} is a placeholder, not a notification block; "
-            "create both with: make notify WEBHOOK=<url>"
-        )
-    definition = yaml.safe_load(AUTOMATION_FILE.read_text())
-    for action in definition["actions"]:
-        if action.get("type") == "send-notification":
-            action["block_document_id"] = str(block_id)
-    return definition
-
-
-def check_automation(definition: dict, where: str) -> None:
-    """Refuse an automation that sends to a placeholder block (it would fail when it fires)."""
-    for action in definition.get("actions", []):
-        block = str(action.get("block_document_id", ""))
-        if action.get("type") == "send-notification" and block in BLOCK_PLACEHOLDERS:
-            raise ValueError(
-                f"{where}: block_document_id {block!r} is a placeholder; the automation would "
-                "fail silently when it fires. Create the block and the automation together "
-                "with: make notify WEBHOOK=<url>"
-            )
-
-
-def webhook_url(url: str) -> str:
-    """An http(s) URL with a host, or a one-line reason."""
-    parsed = httpx.URL(url)
-    if parsed.scheme not in ("http", "https") or not parsed.host:
-        raise ValueError(f"webhook {url!r}: expected an http:// or https:// URL with a host")
-    return url
-
-
-def notify(api_url: str, webhook: str) -> tuple[str, str]:
-    """Create (or replace) the webhook block and the failed-nightly automation sending to it.
-
-    The webhook receives a JSON POST ``{"subject": ..., "body": ...}`` when a nightly-retrain run
-    ends Failed or Crashed. Returns the block's and the automation's ids.
-    """
-    from prefect.blocks.notifications import CustomWebhookNotificationBlock
-    from prefect.events.schemas.automations import AutomationCore
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    webhook_url(webhook)
-    with temporary_settings({PREFECT_API_URL: api_url}):
-        block = CustomWebhookNotificationBlock(
-            name="cxr nightly-retrain failed",
-            url=webhook,
-            method="POST",
-            json_data={"subject": "{{subject}}", "body": "{{body}}"},
-        )
-        block_id = block.save(NOTIFY_BLOCK, overwrite=True)
-    definition = automation_definition(str(block_id))
-    check_automation(definition, str(AUTOMATION_FILE))
-    automation = AutomationCore.model_validate(definition)
-    with prefect_client(api_url) as client:
-        client.read_block_document(block_id)  # it is there: the automation cannot point nowhere
-        for old in client.read_automations_by_name(automation.name):
-            client.delete_automation(old.id)
-        automation_id = client.create_automation(automation)
-    return str(block_id), str(automation_id)
 
 
 @app.command("up")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from pathlib import Path
 
 from prefect import flow, task
@@ -12,6 +11,7 @@ from cxr_model.config import get_settings
 from cxr_model.sample import SAMPLE_TRAINING, SampleSpec, SampleSummary, generate_sample
 from cxr_model.train import TrainParams
 from flows.retrain import RetrainParams, RetrainResult, retrain
+from flows.run_names import timestamped
 from flows.score import ScoreParams, ScoreResult, score_folder
 from tasks.common import say
 
@@ -40,11 +40,7 @@ def make_sample(folder: Path, seed: int) -> SampleSummary:
     return summary
 
 
-def _run_name() -> str:
-    return f"demo-{datetime.now(UTC):%Y-%m-%d-%H%M%S}"
-
-
-@flow(name="demo", flow_run_name=_run_name)
+@flow(name="demo", flow_run_name=timestamped("demo"))
 def demo(params: DemoParams) -> DemoResult:
     """Run the whole pipeline once on generated data."""
     sample = make_sample(get_settings().state_dir / "sample", params.sample_seed)

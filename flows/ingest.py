@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 from prefect import flow
 from pydantic import BaseModel, Field
 
 from cxr_model.quality import QualitySettings
+from flows.run_names import timestamped
 from tasks.common import run_prefix
 from tasks.ingest import IngestResult, get_images
 from tasks.quality import QualityResult, check_images
@@ -25,11 +24,7 @@ class IngestReport(BaseModel):
     quality: QualityResult
 
 
-def _run_name() -> str:
-    return f"ingest-{datetime.now(UTC):%Y-%m-%d-%H%M%S}"
-
-
-@flow(name="ingest", flow_run_name=_run_name)
+@flow(name="ingest", flow_run_name=timestamped("ingest"))
 def ingest(params: IngestParams) -> IngestReport:
     """Store the sources' images in the raw store and validate them."""
     images = get_images(params.sources)

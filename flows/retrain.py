@@ -7,8 +7,6 @@ no worse than the current champion evaluated on the same validation images.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 from prefect import flow
 from prefect.states import Completed, State
 from pydantic import BaseModel, Field
@@ -20,6 +18,7 @@ from cxr_model.outputs import REGISTERED_FILE
 from cxr_model.quality import QualitySettings
 from cxr_model.split import SplitParams
 from cxr_model.train import TrainParams
+from flows.run_names import timestamped
 from tasks.common import run_prefix, store
 from tasks.crossval import combine_folds, fit_fold
 from tasks.evaluate import evaluate_champion, evaluate_model
@@ -74,11 +73,7 @@ class RetrainResult(BaseModel):
         return f"{self.registered.decision} ({honest_line(self.evaluation, self.generalisation)})"
 
 
-def _run_name() -> str:
-    return f"retrain-{datetime.now(UTC):%Y-%m-%d-%H%M%S}"
-
-
-@flow(name="retrain", flow_run_name=_run_name, log_prints=True)
+@flow(name="retrain", flow_run_name=timestamped("retrain"), log_prints=True)
 def retrain(params: RetrainParams) -> State:
     """Turn image sources into a registered COVID-vs-normal classifier.
 

@@ -32,7 +32,6 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import asdict
-from datetime import UTC, datetime
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Literal, TypeVar
 
@@ -43,8 +42,10 @@ from prefect.states import Completed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, Field, field_validator, model_validator
 
+from cxr_model.config import INBOX_PREFIX
 from cxr_model.registry import CHAMPION
 from cxr_model.scoring import REJECTED, ScoreSummary, chunked, distribution_warning, list_inputs
+from flows.run_names import timestamped
 from tasks.common import run_prefix, say, store
 from tasks.scoring import (
     ChunkResult,
@@ -56,7 +57,6 @@ from tasks.scoring import (
     score_chunk,
 )
 
-INBOX_PREFIX = "inbox/"
 MAX_CHUNKS_IN_FLIGHT = 1_000
 NO_CHAMPION = (
     "no champion yet: nothing scored, the files are left for a later run. Train one with "
@@ -156,17 +156,13 @@ class ScoreResult(BaseModel):
     message: str
 
 
-def _run_name() -> str:
+def _input_folder() -> str:
+    """The last part of the scored folder's path, for the run's name."""
     params = flow_run.parameters.get("params")
     location = (
         params.input if isinstance(params, ScoreParams) else str((params or {}).get("input", ""))
     )
-    folder = PurePosixPath(location.rstrip("/")).name or "input"
-    return f"score-{folder}-{datetime.now(UTC):%Y-%m-%d-%H%M%S}"
-
-
-def _inbox_run_name() -> str:
-    return f"score-inbox-{datetime.now(UTC):%Y-%m-%d-%H%M%S}"
+    return PurePosixPath(location.rstrip("/")).name or "input"
 
 
 def _chunks_run_name() -> str:
@@ -315,13 +311,17 @@ def _score(location: str, options: ScoringOptions, title: str, only_new: bool) -
 CHUNK_THREADS = ThreadPoolTaskRunner(max_workers=MAX_CHUNKS_IN_FLIGHT)
 
 
-@flow(name="score-folder", flow_run_name=_run_name, task_runner=CHUNK_THREADS)
+@flow(
+    name="score-folder",
+    flow_run_name=timestamped("score", _input_folder),
+    task_runner=CHUNK_THREADS,
+)
 def score_folder(params: ScoreParams) -> ScoreResult:
     """Score every file under ``params.input`` with a registered model."""
     return _score(params.input, params, f"Scored {params.input}", only_new=False)
 
 
-@flow(name="score-inbox", flow_run_name=_inbox_run_name, task_runner=CHUNK_THREADS)
+@flow(name="score-inbox", flow_run_name=timestamped("score-inbox"), task_runner=CHUNK_THREADS)
 def score_inbox(params: InboxParams | None = None) -> ScoreResult:
     """Score the files in the inbox that the model has not scored yet."""
     params = params or InboxParams()

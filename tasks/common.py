@@ -10,6 +10,7 @@ from prefect import get_run_logger
 from prefect.runtime import flow_run
 
 from cxr_model.config import Settings, get_settings
+from cxr_model.configured import open_registry
 from cxr_model.html_report import markdown_to_html
 from cxr_model.links import object_link
 from cxr_model.registry import Registry
@@ -85,5 +86,4 @@ def put_report(md_key: str, markdown: str, title: str, shown: str | None = None)
 
 def registry() -> Registry:
     """The model registry of the configured store and model name."""
-    settings = get_settings()
-    return Registry(store(), settings.model_name, settings.cache_dir)
+    return open_registry(get_settings(), store())
