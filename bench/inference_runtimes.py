@@ -23,7 +23,7 @@ One process, one JSON document on stdout (progress on stderr):
 
 The rounds use the trained model (the weights do not change the work per image).
 
-    .venv/bin/python bench/inference_runtimes.py            # full run (~6 min on 2 cores)
+    .venv/bin/python bench/inference_runtimes.py            # full run (~20 min on 2 busy cores, ~11 GB RAM)
     .venv/bin/python bench/inference_runtimes.py --quick    # smoke run
     make bench-runtimes
 """
