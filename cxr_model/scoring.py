@@ -115,9 +115,9 @@ SCORES_PREFIX = "scores"
 BATCHES_FOLDER = "batches"
 BATCH_TOKEN_BYTES = 4  # random hex in a batch's key, so two chunks never pick the same key
 PREDICT_BATCH = 32  # a power of two (see padded_size)
-# ONNX Runtime gets as many images per second from 8 as from 32 (bench/inference_runtimes.py)
-# while holding a quarter of the activations: 32 × 224² images through the study CNN take ~0.6 GB.
-ONNX_BATCH = 8
+# ONNX Runtime's memory grows with the batch (its arena holds the activations): small batches
+# keep a scoring worker's peak low at a modest cost in speed (BENCHMARKS.md, issue 14).
+ONNX_BATCH = 4
 # Files of a chunk read and hashed at once: reads mostly wait on the store or the disk.
 PARALLEL_READS = 8
 # Files of a chunk decoded at once: decoding is CPU work (Pillow releases the GIL), and more
