@@ -53,7 +53,8 @@ COVID, NORMAL = "covid", "normal"
 
 
 class ScoringError(ValueError):
-    """The input location cannot be listed at all (missing folder, empty prefix)."""
+    """Scoring cannot go on: the input location cannot be listed at all (missing folder, empty
+    prefix), or a chunk's stored table is not a predictions table."""
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,6 @@ Predict = Callable[[np.ndarray], "np.ndarray | tuple[np.ndarray, np.ndarray]"]
 """Pixels ``(n, size, size, 3)`` → covid probabilities ``(n,)``, or ``(probabilities, OOD
 scores)`` for a model with an out-of-distribution check (:mod:`cxr_model.ood`; above 1.0 is out)."""
 
-
 RunBatch = Callable[[np.ndarray], tuple[np.ndarray, "np.ndarray | None"]]
 """One batch of pixels → covid probabilities ``(n,)`` and the penultimate features ``(n, k)``
 (None for a model run without them)."""
