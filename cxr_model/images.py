@@ -62,10 +62,12 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field
 
+from cxr_model.image_hash import DHASH_HEX_DIGITS, dhash, hamming
 from cxr_model.memory import ByteBudget, return_large_blocks
 
 __all__ = [
     "LEGACY_PREPROCESSING",
+    "DHASH_HEX_DIGITS",
     "MAX_PIXELS",
     "MODEL_CHANNELS",
     "SUPPORTED_FORMATS",
@@ -380,7 +382,7 @@ def _facts(img: Image.Image, size: int) -> ImageFacts:
     if orientation in _SWAPPING_ORIENTATIONS:
         width, height = height, width
     try:
-        perceptual: str | None = _dhash(img, orientation)
+        perceptual: str | None = dhash(_to_luminance(img), orientation)
     except (ValueError, OSError):  # unusual modes Pillow cannot resize; the hash is optional
         perceptual = None
     return ImageFacts(
@@ -399,50 +401,6 @@ def inspect_facts(data: bytes, max_pixels: int | None = None) -> dict:
     """What :func:`inspect_image` finds in ``data``, as a plain dict (cheap to send between
     processes; ingest decodes in worker processes, which is why the limit is an argument)."""
     return asdict(inspect_image(data, max_pixels))
-
-
-# --------------------------------------------------------------------- perceptual hash
-
-# 16 × 16 = 256 bits. Chest x-rays look alike at 8 × 8 (64 bits): on ../shared/data/cxr-real,
-# 208 pairs of different images came within 4 bits. At 16 × 16 different patients are ≥ 20 bits
-# apart (median 97) while JPEG re-encoded and half-size copies stay ≤ 5.
-_DHASH_SIDE = 16
-DHASH_HEX_DIGITS = _DHASH_SIDE * _DHASH_SIDE // 4
-# What ImageOps.exif_transpose does for each EXIF orientation.
-_ORIENTATION_TRANSPOSE = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_270,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_90,
-}
-
-
-def _dhash(img: Image.Image, orientation: int = 1) -> str:
-    """Difference hash of a decoded image: luminance (as :func:`to_model_input` makes it), turned
-    upright (EXIF), shrunk to 17 wide × 16 high, one bit per horizontal neighbour pair (left
-    brighter than right), row by row, as 64 hex digits.
-    """
-    lum = _to_luminance(img)
-    if orientation in _ORIENTATION_TRANSPOSE:  # rare (phone photos); a copy of the pixels
-        lum = lum.transpose(_ORIENTATION_TRANSPOSE[orientation])
-    small = lum.resize((_DHASH_SIDE + 1, _DHASH_SIDE), RESAMPLE, reducing_gap=REDUCING_GAP)
-    pixels = np.asarray(small, dtype=np.int16)
-    bits = (pixels[:, :-1] > pixels[:, 1:]).ravel()
-    return f"{int(''.join('1' if b else '0' for b in bits), 2):0{DHASH_HEX_DIGITS}x}"
-
-
-def hamming(a: str, b: str) -> int:
-    """Number of differing bits between two hex hashes (0 = same picture, 256 = opposite).
-
-    Near-duplicates (re-encoded, rescaled copies) are ≤ 5 apart on real x-rays; different
-    patients' images ≥ 20, typically ~100. Raises ValueError for hashes that are not hex or differ in length.
-    """
-    if len(a) != len(b):
-        raise ValueError(f"hashes differ in length: {a!r} vs {b!r}")
-    return (int(a, 16) ^ int(b, 16)).bit_count()
 
 
 def _strips(img: Image.Image) -> Iterator[tuple[int, np.ndarray]]:

@@ -15,11 +15,10 @@ import hashlib
 import io
 import json
 import threading
-from collections import deque
-from collections.abc import Callable, Collection, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Collection, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import pandas as pd
 
@@ -27,9 +26,8 @@ from cxr_model import images as imaging
 from cxr_model.safe_text import spreadsheet_cell, spreadsheet_value
 from cxr_model.sources import SourceRecord, read_failure
 from cxr_model.storage import AlreadyExists, ObjectStore
+from cxr_model.windowed import in_order
 
-T = TypeVar("T")
-R = TypeVar("R")
 RAW_PREFIX = "raw/sha256"
 QUARANTINE_PREFIX = "quarantine"
 INDEX_PREFIX = "ingest-index"
@@ -216,24 +214,10 @@ def ingest(store: ObjectStore, records: Iterable[SourceRecord]) -> list[Ingested
         return image
 
     with ThreadPoolExecutor(max_workers=PARALLEL_IO) as pool:
-        images = list(bounded_map(pool, one, records, window=PARALLEL_IO * 4))
+        images = list(in_order((pool.submit(one, r) for r in records), PARALLEL_IO * 4))
     for index in indexes.values():
         index.save()
     return images
-
-
-def bounded_map(
-    pool: ThreadPoolExecutor, fn: Callable[[T], R], items: Iterable[T], window: int
-) -> Iterator[R]:
-    """``pool.map`` that keeps at most ``window`` items in flight, so a long source is streamed
-    rather than submitted all at once; results come back in input order."""
-    pending: deque[Future[R]] = deque()
-    for item in items:
-        pending.append(pool.submit(fn, item))
-        if len(pending) >= window:
-            yield pending.popleft().result()
-    while pending:
-        yield pending.popleft().result()
 
 
 def unread_facts(error: str) -> dict:

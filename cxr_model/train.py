@@ -2,33 +2,20 @@
 
 Training runs the classifier behind the augmentation block; the saved model is the classifier
 alone, uncompiled and in float32, so it carries the trained weights and no optimizer state,
-augmentation or mixed-precision policy.
-
-Hardware: every visible GPU (``tf.distribute.MirroredStrategy`` over two or more, TensorFlow's
-default strategy on one), mixed float16 on GPUs, and a clean CPU fallback. XLA is off unless asked
-for, and even then Keras falls back for the training model: TensorFlow has no XLA kernel for the
-projective transform the augmentation uses. The result records what was actually used.
-
-Behaviour: seeded (same data and seed → same metrics on CPU), balanced class weights, optional
-early stopping with best-weights restore, and per-epoch checkpoints in the object store from which
-an interrupted run resumes (:class:`Checkpoint`).
-
-Against shortcut learning (a classifier that recognises the hospital rather than the disease, when
-each source brings mostly one label), two options, off by default: per-image weights so each
-source counts equally within its label (``source_balance``), and a source-adversarial head whose
+augmentation or mixed-precision policy. Seeded (same data and seed → same metrics on CPU), with
+optional early stopping (best weights restored) and an optional source-adversarial head whose
 reversed gradient pushes the features to hide the source (``source_adversary``).
+
+Its parts: where it runs (:mod:`cxr_model.hardware`), the images' loss weights
+(:mod:`cxr_model.loss_weights`), and per-epoch checkpoints an interrupted run resumes from
+(:mod:`cxr_model.checkpoints`); their names stay importable from here.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import io
-import json
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
@@ -37,10 +24,34 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 from pydantic import BaseModel, Field, field_validator
-from sklearn.utils.class_weight import compute_class_weight
 
+from cxr_model.checkpoints import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINTS_PREFIX,
+    PARAMS_HASH_CHARS,
+    Checkpoint,
+    CheckpointCleanup,
+    EpochCheckpoint,
+    ResumableEarlyStopping,
+    checkpoint_prefix,
+    remove_old_checkpoints,
+    restore,
+)
 from cxr_model.data import SplitArrays, evaluation_batches, is_grey, training_batches
+from cxr_model.hardware import (
+    FLOAT_POLICY,
+    MIXED_POLICY,
+    Hardware,
+    choose_hardware,
+    dtype_policy,
+)
 from cxr_model.images import Preprocessing
+from cxr_model.loss_weights import (
+    class_weights,
+    image_weights,
+    source_balanced_weights,
+    source_indices,
+)
 from cxr_model.model import (
     ARCHITECTURES,
     UNKNOWN_SOURCE,
@@ -51,11 +62,33 @@ from cxr_model.model import (
 )
 from cxr_model.storage import ObjectStore, parse_s3_uri
 
-CHECKPOINTS_PREFIX = "checkpoints"
-CHECKPOINT_FORMAT = 1
-MIXED_POLICY = "mixed_float16"
-FLOAT_POLICY = "float32"
-PARAMS_HASH_CHARS = 16
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "CHECKPOINTS_PREFIX",
+    "FLOAT_POLICY",
+    "MIXED_POLICY",
+    "PARAMS_HASH_CHARS",
+    "Checkpoint",
+    "CheckpointCleanup",
+    "EpochCheckpoint",
+    "EpochLog",
+    "Hardware",
+    "ResumableEarlyStopping",
+    "TrainParams",
+    "TrainResult",
+    "checkpoint_prefix",
+    "choose_hardware",
+    "class_weights",
+    "dtype_policy",
+    "fetch_weights",
+    "history_frame",
+    "image_weights",
+    "remove_old_checkpoints",
+    "source_balanced_weights",
+    "source_indices",
+    "train_model",
+    "training_summary",
+]
 
 
 class TrainParams(BaseModel):
@@ -165,103 +198,10 @@ class TrainResult:
     class_weights: dict[int, float] | None = None
 
 
-@dataclass(frozen=True)
-class Hardware:
-    """Where and how training runs: the distribution strategy and its devices."""
-
-    strategy: tf.distribute.Strategy
-    devices: list[str]
-    mixed_precision: bool
-    jit_compile: bool
-
-    @property
-    def replicas(self) -> int:
-        return self.strategy.num_replicas_in_sync
-
-
-def _short_name(device: str) -> str:
-    """``/job:localhost/replica:0/task:0/device:GPU:0`` → ``GPU:0``."""
-    return device.rsplit("device:", 1)[-1].lstrip("/")
-
-
-def choose_hardware(params: TrainParams, devices: Sequence[str] | None = None) -> Hardware:
-    """Strategy, devices, precision and XLA for ``params`` on this machine.
-
-    ``devices`` (TensorFlow logical device names such as ``/cpu:0``) overrides the default, all
-    visible GPUs, falling back to the CPU. Two or more devices train with MirroredStrategy.
-    """
-    names = list(devices or [gpu.name for gpu in tf.config.list_logical_devices("GPU")])
-    if len(names) > 1:
-        strategy: tf.distribute.Strategy = tf.distribute.MirroredStrategy(names)
-        used = [_short_name(d) for d in strategy.extended.worker_devices]
-    else:
-        strategy = tf.distribute.get_strategy()
-        used = [_short_name(names[0])] if names else ["CPU:0"]
-    on_gpu = any("GPU" in name.upper() for name in used)
-    mixed = params.mixed_precision == "on" or (params.mixed_precision == "auto" and on_gpu)
-    return Hardware(strategy, used, mixed_precision=mixed, jit_compile=params.jit_compile == "on")
-
-
-@contextlib.contextmanager
-def dtype_policy(name: str) -> Iterator[None]:
-    """Build models under the global Keras dtype policy ``name``; restore the old one after."""
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(name)
-    try:
-        yield
-    finally:
-        keras.config.set_dtype_policy(previous)
-
-
-def class_weights(labels: np.ndarray, mode: str) -> dict[int, float] | None:
-    """Per-class loss weights for ``mode`` ('balanced': n / (classes × count)), or None."""
-    if mode == "none":
-        return None
-    y = labels.astype(int)
-    classes = np.unique(y)
-    weights = compute_class_weight("balanced", classes=classes, y=y)
-    return {int(c): float(w) for c, w in zip(classes, weights, strict=True)}
-
-
-def source_balanced_weights(labels: np.ndarray, sources: Sequence[str]) -> np.ndarray:
-    """Per-image weights under which every source of a label weighs the same in total.
-
-    Within a label of ``n`` images from ``k`` sources, an image from a source of ``m`` images
-    weighs ``n / (k·m)``: each source's total is ``n / k``, and the label's total stays ``n``, so
-    class weights keep their meaning on top.
-    """
-    y = labels.astype(int)
-    origin = np.asarray(sources)
-    weights = np.empty(len(y), dtype="float32")
-    for label in np.unique(y):
-        in_label = y == label
-        names, counts = np.unique(origin[in_label], return_counts=True)
-        per_source = dict(zip(names, in_label.sum() / (len(names) * counts), strict=True))
-        weights[in_label] = [per_source[name] for name in origin[in_label]]
-    return weights
-
-
-def image_weights(
-    labels: np.ndarray, sources: Sequence[str] | None, params: TrainParams
-) -> np.ndarray:
-    """Each training image's loss weight: its class weight, times its source weight if asked."""
-    by_class = class_weights(labels, params.class_weight) or {}
-    weights = np.array([by_class.get(int(y), 1.0) for y in labels], dtype="float32")
-    if params.source_balance and sources is not None:  # no sources: one source, nothing to do
-        weights *= source_balanced_weights(labels, sources)
-    return weights
-
-
 def _required(sources: Sequence[str] | None, option: str) -> Sequence[str]:
     if sources is None:
         raise ValueError(f"{option} needs the training images' sources: pass sources=[...]")
     return sources
-
-
-def source_indices(sources: Sequence[str]) -> tuple[list[str], np.ndarray]:
-    """The distinct sources (sorted) and each image's index among them."""
-    names, indices = np.unique(np.asarray(sources, dtype=str), return_inverse=True)
-    return [str(name) for name in names], indices.astype("int32")
 
 
 def _training_data(
@@ -302,112 +242,10 @@ def _validation_data(val: SplitArrays, params: TrainParams, grey: bool) -> tf.da
     )
 
 
-def checkpoint_prefix(dataset_id: str, params: TrainParams) -> str:
-    """A checkpoint prefix that is the same for the same dataset and training parameters."""
-    digest = hashlib.sha256(params.model_dump_json().encode()).hexdigest()[:PARAMS_HASH_CHARS]
-    return f"{CHECKPOINTS_PREFIX}/{dataset_id}/{digest}"
-
-
 def fetch_weights(store: ObjectStore, uri: str, folder: Path) -> Path:
     """Download an ``s3://bucket/key`` weights file into ``folder``; return the local path."""
     bucket, key = parse_s3_uri(uri)
     return store.in_bucket(bucket).download(key, folder / Path(key).name)
-
-
-@dataclass(frozen=True)
-class Checkpoint:
-    """Per-epoch training state in an object store, from which an interrupted run resumes.
-
-    Layout under ``prefix``: two slots, ``slot-0/`` and ``slot-1/``, each holding
-    ``trainer.weights.h5`` (training model weights and optimizer state) and, under early stopping,
-    ``best.npz`` (the best epoch's weights); and ``latest.json`` (epochs done, history,
-    early-stopping state, which slot) written last. Epochs alternate slots, so the slot
-    ``latest.json`` names is never the one being overwritten.
-    """
-
-    store: ObjectStore
-    prefix: str
-
-    def latest(self) -> dict | None:
-        """The last completed epoch's state, or None when nothing was checkpointed."""
-        found = self.store.get_with_etag(f"{self.prefix}/latest.json")
-        return None if found is None else json.loads(found[0])
-
-    def slot_key(self, slot: int, name: str) -> str:
-        return f"{self.prefix}/slot-{slot}/{name}"
-
-
-class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
-    """Keras early stopping (best weights restored) whose progress survives a restart."""
-
-    def __init__(self, monitor: str, patience: int, resumed: dict | None, best_weights):
-        mode = "min" if monitor.endswith("loss") else "max"
-        super().__init__(monitor=monitor, patience=patience, mode=mode, restore_best_weights=True)
-        self._resumed = resumed
-        self._resumed_best_weights = best_weights
-
-    def on_train_begin(self, logs=None):
-        super().on_train_begin(logs)
-        if self._resumed:
-            self.wait = self._resumed["wait"]
-            self.best = self._resumed["best"]
-            self.best_epoch = self._resumed["best_epoch"]
-            self.best_weights = self._resumed_best_weights
-
-    def progress(self) -> dict:
-        """What :meth:`on_train_begin` needs to carry on after a restart."""
-        best = None if self.best is None else float(self.best)
-        return {"wait": self.wait, "best": best, "best_epoch": self.best_epoch}
-
-
-class EpochCheckpoint(keras.callbacks.Callback):
-    """After every epoch: the training model's weights, optimizer state and progress to S3."""
-
-    def __init__(
-        self,
-        checkpoint: Checkpoint,
-        fingerprint: dict,
-        history: dict[str, list[float]],
-        early_stopping: ResumableEarlyStopping | None,
-        work_dir: Path,
-        slot: int,
-    ):
-        super().__init__()
-        self.checkpoint = checkpoint
-        self.fingerprint = fingerprint
-        self.history = history
-        self.early_stopping = early_stopping
-        self.work_dir = work_dir
-        self.slot = slot
-
-    def on_epoch_end(self, epoch, logs=None):
-        for name, value in (logs or {}).items():
-            self.history.setdefault(name, []).append(float(value))
-        self.work_dir.mkdir(parents=True, exist_ok=True)
-        weights = self.work_dir / "trainer.weights.h5"
-        self.model.save_weights(weights)
-        self.checkpoint.store.put_file(self.checkpoint.slot_key(self.slot, weights.name), weights)
-        stopping = None
-        if self.early_stopping is not None:
-            stopping = self.early_stopping.progress()
-            best = self.early_stopping.best_weights
-            if best is not None:
-                buffer = io.BytesIO()
-                np.savez(buffer, *best)
-                key = self.checkpoint.slot_key(self.slot, "best.npz")
-                self.checkpoint.store.put_bytes(key, buffer.getvalue())
-        state = {
-            "fingerprint": self.fingerprint,
-            "epochs_done": epoch + 1,
-            "stopped": bool(self.model.stop_training),
-            "history": self.history,
-            "early_stopping": stopping,
-            "slot": self.slot,
-        }
-        self.checkpoint.store.put_bytes(
-            f"{self.checkpoint.prefix}/latest.json", json.dumps(state).encode()
-        )
-        self.slot = 1 - self.slot
 
 
 class EpochLog(keras.callbacks.Callback):
@@ -441,21 +279,6 @@ class EpochLog(keras.callbacks.Callback):
             line += f"; validation {validation}"
         rate = self.images / seconds if seconds > 0 else 0.0
         self.log(f"{line}; {rate:.1f} images/s ({seconds:.1f}s)")
-
-
-def _restore(trainer: keras.Model, checkpoint: Checkpoint, state: dict, work_dir: Path) -> list:
-    """Load a checkpoint's weights and optimizer state into ``trainer``; return best weights."""
-    work_dir.mkdir(parents=True, exist_ok=True)
-    slot = state["slot"]
-    weights = checkpoint.store.download(
-        checkpoint.slot_key(slot, "trainer.weights.h5"), work_dir / "resume.weights.h5"
-    )
-    trainer.optimizer.build(trainer.trainable_variables)  # else Keras skips the optimizer state
-    trainer.load_weights(weights)
-    if not state.get("early_stopping") or state["early_stopping"]["best"] is None:
-        return []
-    best = np.load(io.BytesIO(checkpoint.store.get_bytes(checkpoint.slot_key(slot, "best.npz"))))
-    return [best[f"arr_{i}"] for i in range(len(best.files))]
 
 
 def train_model(
@@ -501,7 +324,7 @@ def train_model(
         params, hardware, weights_file or params.weights, grey, len(sources_seen)
     )
     with hardware.strategy.scope():
-        best_weights = _restore(trainer, checkpoint, state, out_dir) if state else []
+        best_weights = restore(trainer, checkpoint, state, out_dir) if state else []
     initial_epoch = state["epochs_done"] if state else 0
     history = {name: list(values) for name, values in (state or {}).get("history", {}).items()}
     early_stopping = None
@@ -604,76 +427,6 @@ def history_frame(history: dict[str, list[float]]) -> pd.DataFrame:
     frame = pd.DataFrame(history)
     frame.insert(0, "epoch", range(1, len(frame) + 1))
     return frame
-
-
-@dataclass(frozen=True)
-class CheckpointCleanup:
-    """What :func:`remove_old_checkpoints` removed and kept (checkpoint prefixes)."""
-
-    removed: list[str]
-    kept: list[str]
-    unfinished: list[str]
-    objects_removed: int
-
-
-def _checkpoint_root(key: str) -> str | None:
-    """``checkpoints/<dataset>/<params hash>`` of a key under it, else None."""
-    parts = key.split("/")
-    return "/".join(parts[:3]) if len(parts) > 3 and parts[0] == CHECKPOINTS_PREFIX else None
-
-
-def _finished(store: ObjectStore, latest_keys: list[str]) -> bool:
-    """True when every training state under a checkpoint (one, or one per fold) says it ended."""
-    if not latest_keys:
-        return False  # crashed before its first epoch ended, or being written now
-    for key in latest_keys:
-        try:
-            state = json.loads(store.get_bytes(key))
-            epochs = state["fingerprint"]["params"]["epochs"]
-            done = bool(state["stopped"]) or int(state["epochs_done"]) >= int(epochs)
-        except (KeyError, TypeError, ValueError):
-            return False  # a state we cannot read is not ours to judge: keep it
-        if not done:
-            return False
-    return True
-
-
-def remove_old_checkpoints(store: ObjectStore, current: str, keep: int) -> CheckpointCleanup:
-    """Remove finished training checkpoints but the ``keep`` most recent ones.
-
-    A checkpoint is one ``checkpoints/<dataset>/<params hash>`` prefix: the state of one training
-    of one dataset with one set of parameters (cross-validation folds included). ``current`` (the
-    checkpoint of the version just registered) counts as the most recent and is always kept when
-    ``keep`` ≥ 1. Unfinished checkpoints (a crashed run that may be resumed, or a training running
-    now) are never removed.
-    """
-    if keep < 0:
-        raise ValueError(f"keep={keep}: the number of checkpoints to keep must be 0 or more")
-    current = current.rstrip("/")
-    keys: dict[str, list[str]] = {}
-    written: dict[str, datetime] = {}
-    for key, modified in store.list_modified(f"{CHECKPOINTS_PREFIX}/"):
-        root = _checkpoint_root(key)
-        if root is None:
-            continue
-        keys.setdefault(root, []).append(key)
-        written[root] = max(written.get(root, modified), modified)
-    unfinished = []
-    finished = []
-    for root, under in keys.items():
-        latest = [k for k in under if k.endswith("/latest.json")]
-        (finished if root == current or _finished(store, latest) else unfinished).append(root)
-    # most recent first, the current checkpoint before every other
-    finished.sort(key=lambda root: (root == current, written[root]), reverse=True)
-    kept, removed = finished[:keep], finished[keep:]
-    count = 0
-    for root in removed:
-        for key in keys[root]:
-            store.delete(key)
-            count += 1
-    return CheckpointCleanup(
-        removed=removed, kept=kept, unfinished=sorted(unfinished), objects_removed=count
-    )
 
 
 def training_summary(result: TrainResult) -> str:

@@ -29,14 +29,11 @@ scored yet, and leaves the others out of its table. Both work the same way:
 from __future__ import annotations
 
 import time
-from collections import deque
-from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import PurePosixPath
-from typing import TYPE_CHECKING, Literal, TypeVar
+from typing import TYPE_CHECKING, Literal
 
 from prefect import flow
-from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
 from prefect.states import Completed, State
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -45,6 +42,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from cxr_model.config import INBOX_PREFIX
 from cxr_model.registry import CHAMPION
 from cxr_model.scoring import REJECTED, ScoreSummary, chunked, distribution_warning, list_inputs
+from cxr_model.windowed import in_order
 from flows.run_names import timestamped
 from tasks.common import run_prefix, say, store
 from tasks.scoring import (
@@ -63,7 +61,6 @@ NO_CHAMPION = (
     "`cxr train folder:<images>` (or run the nightly-retrain deployment), or promote a "
     "registered version with `cxr registry promote <version>` (`cxr registry list` shows them)"
 )
-R = TypeVar("R")
 
 if TYPE_CHECKING:  # Dask takes a second to import: only for runs that use it
     from prefect_dask import DaskTaskRunner
@@ -185,17 +182,6 @@ def dask_runner_for(options: ScoringOptions) -> DaskTaskRunner:
     )
 
 
-def results_in_order(futures: Iterator[PrefectFuture[R]], window: int) -> Iterator[R]:
-    """Results of lazily submitted futures, in order, with at most ``window`` unfinished."""
-    pending: deque[PrefectFuture[R]] = deque()
-    for future in futures:
-        pending.append(future)
-        if len(pending) >= window:
-            yield pending.popleft().result()
-    while pending:
-        yield pending.popleft().result()
-
-
 def submit_chunks(
     location: str,
     model: ModelChoice,
@@ -212,7 +198,7 @@ def submit_chunks(
         score_chunk.submit(paths, model, f"{prefix}/chunks/{number:05d}.csv", run, only_new)
         for number, paths in enumerate(chunks)
     )
-    return list(results_in_order(submitted, in_flight))
+    return list(in_order(submitted, in_flight))
 
 
 @flow(name="score-chunks", flow_run_name=_chunks_run_name)
