@@ -44,13 +44,13 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from cxr_model.registry import CHAMPION
+from cxr_model.score_report import parquet_key_for
 from cxr_model.scoring import REJECTED, ScoreSummary, chunked, distribution_warning, list_inputs
 from tasks.common import run_prefix, say, store
 from tasks.scoring import (
     ChunkResult,
     ModelChoice,
     check_input,
-    parquet_key_for,
     publish_predictions,
     resolve_model,
     score_chunk,
