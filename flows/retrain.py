@@ -26,8 +26,9 @@ from tasks.export import export_model
 from tasks.ingest import IngestResult, get_images
 from tasks.quality import QualityResult, check_images
 from tasks.registry import RegisteredModel, register_model
-from tasks.split import DatasetRef, sort_images
-from tasks.train import TrainedModel, clean_checkpoints, fit_model
+from tasks.shared import DatasetRef, TrainedModel
+from tasks.split import sort_images
+from tasks.train import clean_checkpoints, fit_model
 
 
 class RetrainParams(BaseModel):

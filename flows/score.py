@@ -41,6 +41,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 
 from cxr_model.config import INBOX_PREFIX
 from cxr_model.registry import CHAMPION
+from cxr_model.score_report import parquet_key_for
 from cxr_model.scoring import REJECTED, ScoreSummary, chunked, distribution_warning, list_inputs
 from cxr_model.windowed import in_order
 from flows.run_names import timestamped
@@ -49,7 +50,6 @@ from tasks.scoring import (
     ChunkResult,
     ModelChoice,
     check_input,
-    parquet_key_for,
     publish_predictions,
     resolve_model,
     score_chunk,

@@ -1,9 +1,15 @@
-"""What every task needs: the object store, and a way to tell people how the run is going."""
+"""What every task needs: the object store, the registry, retries, reports, and a way to tell
+people how the run is going.
+
+Scoring imports this module, so it imports nothing of the training stack (TensorFlow, Keras,
+scikit-learn, Great Expectations); what the training tasks share lives in :mod:`tasks.shared`.
+"""
 
 from __future__ import annotations
 
 import logging
 from functools import lru_cache
+from pathlib import Path
 
 from botocore.exceptions import BotoCoreError, ClientError
 from prefect import get_run_logger
@@ -87,3 +93,8 @@ def put_report(md_key: str, markdown: str, title: str, shown: str | None = None)
 def registry() -> Registry:
     """The model registry of the configured store and model name."""
     return open_registry(get_settings(), store())
+
+
+def local_docs_dir(report_prefix: str) -> Path:
+    """Where a run's Data Docs are built; a copy is uploaded next to the report in the store."""
+    return get_settings().state_dir / "reports" / report_prefix / "data_docs"

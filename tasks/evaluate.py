@@ -31,15 +31,13 @@ from cxr_model.generalisation import (
 )
 from cxr_model.images import Preprocessing
 from cxr_model.ood import OOD_FILE, OodCheck, OodDetector, thumbnails, with_features
+from cxr_model.predict import predict_probabilities, predict_with_features
 from cxr_model.registry import CHAMPION, RegistryError
 from cxr_model.split import HOLDOUT, TRAIN, VAL, load_split
 from cxr_model.train import TrainParams
 from tasks.common import TRANSIENT_RETRIES, artifact_key, link, put_report, registry, say, store
-from tasks.registry import ChampionEvaluation
-from tasks.split import DatasetRef
-from tasks.train import split_arrays, staged_model
+from tasks.shared import ChampionEvaluation, DatasetRef, split_arrays, staged_model
 
-PREDICT_BATCH = 64
 # Key numbers shown as the run's table artifact (the full evaluation is in evaluation.json).
 TABLE_METRICS = ["n_images", *HEADLINE]
 
@@ -95,16 +93,15 @@ def predict_splits(
         split_arrays(dataset, image_size, *present, preprocessing=preprocessing),
         strict=True,
     ):
-        output = network.predict(
-            arrays.images.astype("float32"), batch_size=PREDICT_BATCH, verbose=0
-        )
         if features is not None:
-            output, penultimate = output
+            probabilities, penultimate = predict_with_features(network, arrays.images)
             features[split] = (penultimate, thumbnails(arrays.images))
+        else:
+            probabilities = predict_probabilities(network, arrays.images)
         if split == TRAIN:
             continue
         found.labels += arrays.labels.tolist()
-        found.probabilities += np.asarray(output).reshape(-1).tolist()
+        found.probabilities += probabilities.tolist()
         found.sources += [str(s) for s in frame.loc[arrays.keys, "source"]]
         found.splits += [split] * len(arrays)
     return found

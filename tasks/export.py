@@ -3,20 +3,12 @@
 from __future__ import annotations
 
 from prefect import task
-from pydantic import BaseModel
 
-from cxr_model.inference import INFERENCE_FILE, InferenceArtifact, export_onnx
+from cxr_model.inference import INFERENCE_FILE, export_onnx
 from tasks.common import TRANSIENT_RETRIES, say, store
-from tasks.train import staged_model
+from tasks.shared import ExportedModel, staged_model
 
 MEGABYTE = 1024**2
-
-
-class ExportedModel(BaseModel):
-    """The ONNX export staged at ``key``, and what its version's card says about it."""
-
-    key: str
-    artifact: InferenceArtifact
 
 
 @task(name="export-model", **TRANSIENT_RETRIES)

@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from prefect import task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from pydantic import BaseModel
 
 from cxr_model import manifest
-from cxr_model.config import get_settings
 from cxr_model.quality import QualityError, QualitySettings, validate_manifest
-from tasks.common import artifact_key, link, put_report, say, store
+from tasks.common import artifact_key, link, local_docs_dir, put_report, say, store
 
 PROGRESS_LISTED = 10  # quarantined files named on the console; the report lists them all
-
-
-def local_docs_dir(report_prefix: str) -> Path:
-    """Where a run's Data Docs are built; a copy is uploaded next to the report in the store."""
-    return get_settings().state_dir / "reports" / report_prefix / "data_docs"
 
 
 class QualityResult(BaseModel):

@@ -17,24 +17,12 @@ from cxr_model.generalisation import Generalisation
 from cxr_model.html_report import markdown_to_html
 from cxr_model.manifest import read_csv
 from cxr_model.ood import OodCheck
-from cxr_model.quality import QualityReport
+from cxr_model.provenance import dataset_audit, dataset_sources
 from tasks.common import TRANSIENT_RETRIES, artifact_key, link, registry, say, store
-from tasks.export import ExportedModel
-from tasks.split import DatasetRef
-from tasks.train import TrainedModel
+from tasks.shared import ChampionEvaluation, DatasetRef, ExportedModel, TrainedModel
 
 CARD_FILE = "model_card.md"
 CARD_PAGE = "model_card.html"  # the same card as a standalone page
-
-
-class ChampionEvaluation(BaseModel):
-    """The champion's version and its metrics on a run's validation split, or, for a champion
-    that exists but cannot be loaded, why (``evaluation`` None; ``version`` None when even the
-    alias record cannot be read)."""
-
-    version: int | None
-    evaluation: Evaluation | None = None
-    problem: str | None = None
 
 
 class RegisteredModel(BaseModel):
@@ -54,22 +42,6 @@ class RegisteredModel(BaseModel):
     def decision(self) -> str:
         """One line for people: ``v3 registered as candidate: <reason>``."""
         return f"{self.name} v{self.version} registered as {self.alias}: {self.reason}"
-
-
-def dataset_sources(accepted_key: str) -> list[dict]:
-    """Images per source and label of the accepted images, with each source's licenses."""
-    images = read_csv(store(), accepted_key)
-    images["license"] = images["license"].fillna("not stated")
-    rows = images.groupby(["source", "label"]).agg(
-        images=("key", "size"), license=("license", lambda v: ", ".join(sorted(set(v))))
-    )
-    return rows.reset_index().to_dict("records")
-
-
-def dataset_audit(quality_report_key: str) -> dict | None:
-    """The shortcut audit of the dataset, from the data-quality report of the run."""
-    report = QualityReport.model_validate_json(store().get_bytes(quality_report_key))
-    return report.audit.model_dump() if report.audit else None
 
 
 @task(name="register-model", **TRANSIENT_RETRIES)
@@ -134,8 +106,8 @@ def register_model(
         card,
         evaluation=evaluation,
         gate=decision,
-        sources=dataset_sources(accepted_key),
-        audit=dataset_audit(quality_report_key),
+        sources=dataset_sources(read_csv(objects, accepted_key)),
+        audit=dataset_audit(objects.get_bytes(quality_report_key)),
         generalisation=generalisation,
     )
     card_key = models.attach(card.version, CARD_FILE, markdown.encode())

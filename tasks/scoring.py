@@ -16,6 +16,7 @@ from cxr_model.inference import RUNTIME, OnnxModel
 from cxr_model.ood import OodCheck, OodDetector
 from cxr_model.quality import QualitySettings
 from cxr_model.registry import CHAMPION, ModelCard, RegistryError
+from cxr_model.score_report import parquet_key_for, summary_markdown
 from tasks.common import TRANSIENT_RETRIES, artifact_key, link, registry, say, store
 
 PREVIEW_ROWS = 20
@@ -147,51 +148,6 @@ def score_chunk(
     return ChunkResult(key=chunk_key, summary=scored.summary)
 
 
-def _counts(counts: dict[str, int]) -> str:
-    return ", ".join(f"{name} {count}" for name, count in sorted(counts.items())) or "none"
-
-
-def summary_markdown(
-    title: str, summary: scoring.ScoreSummary, model: ModelChoice, uri: str, seconds: float
-) -> str:
-    """The run's summary for people: counts, model, speed and where the predictions are."""
-    rate = (summary.files + summary.skipped) / seconds if seconds > 0 else 0.0
-    status = summary.by_status
-    rows = [
-        (
-            "model",
-            f"{model.name} version {model.version}, threshold {model.threshold:g}, "
-            f"run by {model.runtime}",
-        ),
-        ("files", f"{summary.files} in the table, {summary.skipped} left out as already scored"),
-        ("ok", f"{status.get(scoring.OK, 0)} ({_counts(summary.by_label)})"),
-        (
-            "out of distribution",
-            f"{summary.out_of_distribution} (probability given, no label)"
-            if summary.ood_checked or not summary.scored
-            else "not checked: this version has no OOD check",
-        ),
-        ("rejected", f"{status.get(scoring.REJECTED, 0)} ({_counts(summary.rejected_by_reason)})"),
-        ("errors", f"{summary.errors} ({_counts(summary.errors_by_reason)})"),
-        ("predicted now", str(summary.predicted)),
-        ("reused (earlier scoring or the same content)", str(summary.reused)),
-        ("time", f"{seconds:.1f} s, {rate:.1f} images/s"),
-    ]
-    lines = [f"### {title}", ""]
-    warning = scoring.distribution_warning(summary)
-    if warning:
-        lines += [f"**WARNING: {warning}**", ""]
-    lines += ["| | |", "|---|---|"]
-    lines += [f"| {name} | {value} |" for name, value in rows]
-    parquet = parquet_key_for(uri)
-    return "\n".join([*lines, "", f"Predictions: `{uri}` (typed columns: `{parquet}`)"])
-
-
-def parquet_key_for(csv_key: str) -> str:
-    """Where the Parquet copy of the predictions CSV at ``csv_key`` (a key or URI) goes."""
-    return csv_key.removesuffix(".csv") + ".parquet"
-
-
 @task(name="publish-predictions", **TRANSIENT_RETRIES)
 def publish_predictions(
     chunks: list[ChunkResult], model: ModelChoice, output_key: str, title: str, seconds: float
@@ -209,7 +165,16 @@ def publish_predictions(
     summary = sum((chunk.summary for chunk in chunks), scoring.ScoreSummary())
     uri = objects.uri(output_key)
     create_markdown_artifact(
-        markdown=summary_markdown(title, summary, model, uri, seconds),
+        markdown=summary_markdown(
+            title,
+            summary,
+            uri,
+            seconds,
+            model_name=model.name,
+            version=model.version,
+            threshold=model.threshold,
+            runtime=model.runtime,
+        ),
         key=artifact_key("scoring-summary"),
     )
     create_table_artifact(preview, key=artifact_key("predictions-preview"))

@@ -4,32 +4,19 @@ from __future__ import annotations
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
-from pydantic import BaseModel
 
 from cxr_model import manifest
 from cxr_model.quality import QualityError, QualitySettings, validate_split
 from cxr_model.split import (
-    HoldOut,
     SplitParams,
     choose_held_out_sources,
     load_split,
     materialise,
 )
-from tasks.common import TRANSIENT_RETRIES, artifact_key, say, store
-from tasks.quality import local_docs_dir
+from tasks.common import TRANSIENT_RETRIES, artifact_key, local_docs_dir, say, store
+from tasks.shared import DatasetRef
 
 NEAR_DUPLICATES_LISTED = 3  # on the console; the split report lists every pair
-
-
-class DatasetRef(BaseModel):
-    """A materialised dataset: its id, its split manifest, and image counts per split and label."""
-
-    dataset_id: str
-    uri: str
-    split_key: str
-    counts: dict[str, dict[str, int]]
-    held_out: HoldOut = HoldOut(reason="none")
-    shortcut_flags: list[str] = []  # the shortcut audit's warnings on the accepted images
 
 
 @task(name="sort-images", **TRANSIENT_RETRIES)

@@ -12,74 +12,23 @@ import json
 import tempfile
 from pathlib import Path
 
-import keras
 from prefect import task
 from prefect.artifacts import create_table_artifact
-from pydantic import BaseModel
 
 from cxr_model.config import get_settings
-from cxr_model.data import SplitArrays, load_split_arrays
-from cxr_model.images import LEGACY_PREPROCESSING, Preprocessing
-from cxr_model.split import TRAIN, VAL, load_split
+from cxr_model.split import TRAIN, VAL
 from cxr_model.train import (
     Checkpoint,
     CheckpointCleanup,
     TrainParams,
     checkpoint_prefix,
-    fetch_weights,
     history_frame,
     remove_old_checkpoints,
     train_model,
     training_summary,
 )
 from tasks.common import TRANSIENT_RETRIES, artifact_key, say, store
-from tasks.split import DatasetRef
-
-
-class TrainedModel(BaseModel):
-    """A trained, not yet registered model staged in the store, with how training went."""
-
-    model_key: str
-    training_key: str
-    params: TrainParams
-    train_accuracy: float
-    val_accuracy: float
-    images_per_second: float
-    seconds: float
-    devices: list[str]
-
-
-def split_arrays(
-    dataset: DatasetRef,
-    image_size: int,
-    *splits: str,
-    preprocessing: Preprocessing = LEGACY_PREPROCESSING,
-) -> list[SplitArrays]:
-    """The named splits of a dataset as arrays: local cache, then the store's shards, then decode."""
-    objects = store()
-    frame = load_split(objects, dataset.split_key)
-    cache = get_settings().cache_dir / "datasets" / dataset.dataset_id
-    return [
-        load_split_arrays(
-            objects, frame, split, image_size, cache, dataset.dataset_id, preprocessing
-        )
-        for split in splits
-    ]
-
-
-def image_sources(dataset: DatasetRef, arrays: SplitArrays) -> list[str]:
-    """Each image's source (the split manifest's ``source`` column), in the order of ``arrays``."""
-    frame = load_split(store(), dataset.split_key).set_index("dataset_key")
-    return [str(source) for source in frame.loc[arrays.keys, "source"]]
-
-
-def local_weights(params: TrainParams, folder: Path) -> Path | None:
-    """``params.weights`` as a local file: an ``s3://`` URI is downloaded into ``folder``."""
-    if params.weights is None:
-        return None
-    if params.weights.startswith("s3://"):
-        return fetch_weights(store(), params.weights, folder)
-    return Path(params.weights)
+from tasks.shared import DatasetRef, TrainedModel, image_sources, local_weights, split_arrays
 
 
 @task(name="train-model", **TRANSIENT_RETRIES)
@@ -156,9 +105,3 @@ def clean_checkpoints(dataset: DatasetRef, params: TrainParams) -> CheckpointCle
         + (f"; {len(done.unfinished)} unfinished left to resume" if done.unfinished else "")
     )
     return done
-
-
-def staged_model(model_key: str) -> keras.Model:
-    """A model staged by this run (not yet registered), through the local cache."""
-    local = get_settings().cache_dir / model_key
-    return keras.saving.load_model(store().download(model_key, local), compile=False)

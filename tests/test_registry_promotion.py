@@ -22,8 +22,7 @@ from cxr_model.train import TrainParams
 from tasks.common import store as task_store
 from tasks.evaluate import evaluate_champion
 from tasks.registry import register_model
-from tasks.split import DatasetRef
-from tasks.train import TrainedModel
+from tasks.shared import DatasetRef, TrainedModel
 
 pytestmark = pytest.mark.integration
 CARD = dict(threshold=0.5, metrics={"accuracy": 0.9}, training={}, parameters={}, dataset_id="d0")

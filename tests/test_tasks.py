@@ -1,6 +1,12 @@
-"""Task plumbing: which failures are retried, and artifact keys Prefect accepts."""
+"""Task plumbing: which failures are retried, artifact keys Prefect accepts, and task modules that
+import only the shared ones (scoring's without the training stack)."""
 
 from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
 
 from botocore.exceptions import ClientError, EndpointConnectionError
 from prefect.states import Failed
@@ -29,3 +35,41 @@ def test_only_storage_and_network_trouble_is_retried():
 
 def test_artifact_keys_are_lowercase_dashes():
     assert artifact_key("Data Quality", "run_7") == "data-quality-run-7"
+
+
+SHARED = {"tasks.common", "tasks.shared"}
+TRAINING_STACK = ("tensorflow", "keras", "sklearn", "great_expectations", "matplotlib", "scipy")
+TASKS = Path(__file__).resolve().parents[1] / "tasks"
+
+
+def task_imports(path: Path) -> set[str]:
+    """The ``tasks.*`` modules a file imports."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+    return {name for name in found if name.split(".")[0] == "tasks"}
+
+
+def test_task_modules_import_only_the_shared_ones():
+    for path in TASKS.glob("*.py"):
+        allowed = {"tasks.common"} if path.stem == "shared" else SHARED
+        assert task_imports(path) <= allowed, path.name
+
+
+def test_the_common_task_module_needs_no_training_stack():
+    held = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, tasks.common, tasks.scoring; "
+            f"print(sorted({{m.split('.')[0] for m in sys.modules}} & {set(TRAINING_STACK)!r}))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=TASKS.parent,
+    )
+    assert held.stdout.strip() == "[]"

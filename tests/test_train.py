@@ -382,7 +382,7 @@ def test_the_retrain_flow_cleans_checkpoints_after_registering(prefect_harness, 
     import inspect
 
     from flows.retrain import retrain
-    from tasks.split import DatasetRef
+    from tasks.shared import DatasetRef
     from tasks.train import clean_checkpoints
 
     source = inspect.getsource(retrain.fn)
