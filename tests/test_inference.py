@@ -14,6 +14,7 @@ import hashlib
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import SCORING_CARD
 
 from cxr_model import inference
 from cxr_model.ensemble import average_ensemble
@@ -107,15 +108,7 @@ def test_a_registered_export_is_verified_against_its_card(settings, store, tmp_p
     model.save(path)
     exported = export_onnx(model, 32)
     models = Registry(store, settings.model_name, settings.cache_dir)
-    card = models.register(
-        path,
-        threshold=0.5,
-        metrics={},
-        training={},
-        parameters={"training": {"image_size": 32}},
-        dataset_id="d1",
-        inference=exported.artifact.model_dump(),
-    )
+    card = models.register(path, **SCORING_CARD, inference=exported.artifact.model_dump())
     with pytest.raises(RegistryError, match=f"{INFERENCE_FILE} is missing, but the card"):
         models.inference_file(card.version)
     models.attach(card.version, INFERENCE_FILE, exported.data)

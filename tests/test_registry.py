@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import CARD
 
-from cxr_model.model import seed_cnn
 from cxr_model.registry import (
     CHAMPION,
     COMPLETE,
@@ -27,19 +27,6 @@ from cxr_model.registry import (
 
 REPO = Path(__file__).resolve().parents[1]
 CLI_TIMEOUT_S = 120
-CARD = dict(threshold=0.5, metrics={"accuracy": 0.9}, training={}, parameters={}, dataset_id="d1")
-
-
-@pytest.fixture
-def registry(store, tmp_path) -> Registry:
-    return Registry(store, "test-model", tmp_path / "cache")
-
-
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("model") / "model.keras"
-    seed_cnn(image_size=32).save(path)
-    return path
 
 
 def test_versions_are_numbered_and_carry_a_card(registry, model_file):
