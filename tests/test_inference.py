@@ -74,6 +74,7 @@ def test_an_ensemble_of_folds_scores_real_xrays_alike_in_onnx_runtime(xrays):
     assert exported.artifact.outputs == ["probability"]  # an ensemble has no OOD check
 
 
+@pytest.mark.slow
 def test_the_export_carries_its_input_contract():
     exported = export_onnx(build_model("compact_cnn", 32), 32)
     onnx = OnnxModel(exported.data)
@@ -90,6 +91,7 @@ def test_the_export_carries_its_input_contract():
     assert set(artifact.exported_with) == {"keras", "tensorflow", "tf2onnx", "onnx"}
 
 
+@pytest.mark.slow
 def test_an_export_that_scores_differently_is_refused(monkeypatch):
     true_run = OnnxModel.run
 
@@ -102,6 +104,7 @@ def test_an_export_that_scores_differently_is_refused(monkeypatch):
         export_onnx(build_model("compact_cnn", 32), 32)
 
 
+@pytest.mark.slow
 def test_a_registered_export_is_verified_against_its_card(settings, store, tmp_path):
     model = build_model("compact_cnn", 32)
     path = tmp_path / "model.keras"

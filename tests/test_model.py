@@ -212,6 +212,7 @@ def fit_briefly(classifier: keras.Model, images, labels, epochs: int, batch_size
     return trainer.fit(images, labels, batch_size=batch_size, epochs=epochs, verbose=0)
 
 
+@pytest.mark.slow
 def test_compact_cnn_predicts_after_a_short_training_what_it_learned():
     # The reported defect: after a few dozen steps compact_cnn called every image normal at
     # inference. Its batch norm's moving statistics still held most of their initial variance of
@@ -290,6 +291,7 @@ JAX_REVERSAL = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_gradient_reversal_works_on_jax():
     pytest.importorskip("jax")
     env = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": str(REPO)}

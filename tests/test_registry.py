@@ -233,6 +233,7 @@ def _cxr(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_cli_promotes_rolls_back_shows_and_diffs(settings, store, tmp_path):
     models = Registry(store, settings.model_name, settings.cache_dir)
     for n, accuracy in enumerate([0.8, 0.9]):
@@ -309,6 +310,7 @@ def test_unreadable_aliases_and_cards_are_listed_with_their_key_and_reason(four_
     assert models.resolve("candidate") == 2  # the rest of the registry still works
 
 
+@pytest.mark.slow
 def test_cli_lists_what_it_can_read_and_names_the_broken_entries(settings, store, tmp_path):
     models = Registry(store, settings.model_name, settings.cache_dir)
     for n in range(3):
@@ -340,6 +342,7 @@ def test_cli_lists_what_it_can_read_and_names_the_broken_entries(settings, store
     ]
 
 
+@pytest.mark.slow
 def test_cli_gc_lists_by_default_and_removes_with_yes(settings, store, tmp_path):
     models = Registry(store, settings.model_name, settings.cache_dir)
     (tmp_path / "m").write_bytes(b"model")

@@ -262,6 +262,7 @@ def test_spec_is_validated():
         SampleSpec(image_size=8)
 
 
+@pytest.mark.slow
 def test_the_sample_has_one_set_of_training_settings_that_the_demo_uses():
     from cxr_model.sample import SAMPLE_TRAINING
     from cxr_model.train import TrainParams

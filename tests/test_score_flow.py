@@ -44,6 +44,7 @@ def probabilities(frame: pd.DataFrame) -> dict[str, str]:
     return dict(zip(frame["source_path"], frame["probability_covid"], strict=True))
 
 
+@pytest.mark.slow
 def test_reruns_predict_only_what_was_never_scored(prefect_harness, models, store, tmp_path):
     from flows.score import ScoreParams, score_folder
 
@@ -75,6 +76,7 @@ def test_reruns_predict_only_what_was_never_scored(prefect_harness, models, stor
     assert len(copies) == 2 and copies["probability_covid"].nunique() == 1
 
 
+@pytest.mark.slow
 def test_dask_runner_gives_the_same_predictions_as_threads(
     prefect_harness, models, store, model_file, tmp_path
 ):
@@ -105,6 +107,7 @@ def _chunk_subflows() -> int:
         )
 
 
+@pytest.mark.slow
 def test_inbox_scores_only_what_the_champion_has_not_seen(
     prefect_harness, models, store, model_file
 ):
@@ -134,6 +137,7 @@ def test_inbox_scores_only_what_the_champion_has_not_seen(
     )
 
 
+@pytest.mark.slow
 def test_errors_show_in_state_summary_and_logs_hold_no_secrets(
     prefect_harness, models, store, tmp_path
 ):
@@ -189,6 +193,7 @@ def test_errors_show_in_state_summary_and_logs_hold_no_secrets(
         assert not any(s in message for s in secrets + SECRET_MARKERS), message
 
 
+@pytest.mark.slow
 def test_an_empty_folder_gives_an_empty_table(prefect_harness, models, store, tmp_path):
     from flows.score import ScoreParams, score_folder
 
@@ -230,6 +235,7 @@ def test_bad_parameters_are_refused(fields, complaint):
         ScoreParams(**fields)
 
 
+@pytest.mark.slow
 def test_a_missing_folder_is_reported_as_such_even_without_a_champion(prefect_harness, settings):
     from flows.score import ScoreParams, score_folder
 
@@ -239,6 +245,7 @@ def test_a_missing_folder_is_reported_as_such_even_without_a_champion(prefect_ha
     assert f"input folder {missing} does not exist" in state.message, state.message
 
 
+@pytest.mark.slow
 def test_without_a_champion_the_inbox_waits_and_the_run_says_what_to_do(
     prefect_harness, settings, store, model_file
 ):
@@ -267,6 +274,7 @@ def test_without_a_champion_the_inbox_waits_and_the_run_says_what_to_do(
     assert (later.summary["files"], later.summary["predicted"]) == (3, 3)  # nothing was lost
 
 
+@pytest.mark.slow
 def test_without_a_champion_a_folder_is_skipped_but_a_missing_alias_fails(
     prefect_harness, settings, tmp_path
 ):
