@@ -73,7 +73,16 @@ def test_seed_cnn_is_the_study_network():
     ]
 
 
-@pytest.mark.parametrize("architecture", sorted(ARCHITECTURES))
+SLOW_TO_SAVE = {"densenet121"}  # over 5 s on 2 cores
+
+
+@pytest.mark.parametrize(
+    "architecture",
+    [
+        pytest.param(n, marks=pytest.mark.slow) if n in SLOW_TO_SAVE else n
+        for n in sorted(ARCHITECTURES)
+    ],
+)
 def test_architecture_saves_and_reloads_in_safe_mode(architecture, pixels, tmp_path):
     model = build_model(architecture, SIZE)
     assert model.input_shape == (None, SIZE, SIZE, 3) and model.output_shape == (None, 1)
