@@ -41,7 +41,7 @@ def s3_server(tmp_path_factory):
         root / "data", creds, log_path=root / "server.log", detach=False, max_volumes=TEST_VOLUMES
     )
     yield server, creds
-    # Its data is thrown away: a short grace, then kill (a clean stop took ~12 s on 2 cores).
+    # Its data is thrown away: a short grace, then kill (a clean stop is slow; BENCHMARKS.md).
     process.terminate()
     try:
         process.wait(timeout=2)
