@@ -12,7 +12,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 # thread, and memory creeps up with the number of images (BENCHMARKS.md, "Scoring throughput").
 export MALLOC_ARENA_MAX ?= 2
 
-.PHONY: install install-score bench-runtimes demo test lint bench ui up down notify store-stop clean
+.PHONY: install install-score bench-runtimes demo test test-fast lint bench ui up down notify store-stop clean
 
 install: .venv/.synced
 
@@ -33,6 +33,11 @@ demo: install
 
 test: install
 	$(RUN) pytest
+
+# The inner loop: everything but the slow tests (Prefect's test API, subprocesses, training,
+# ONNX exports, Dask) and the integration tests. `make test` runs them all.
+test-fast: install
+	$(RUN) pytest -m "not slow and not integration"
 
 lint: install
 	$(RUN) ruff check .

@@ -99,6 +99,7 @@ LOGGING_PROBE = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_the_details_log_holds_prefect_gx_and_tensorflow_logs_one_file_a_day(tmp_path) -> None:
     env = {**os.environ, "CXR_STATE_DIR": str(tmp_path / "state"), "PYTHONPATH": str(REPO)}
     env.pop("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", None)

@@ -45,6 +45,7 @@ def runs_in_store(store):
     return store
 
 
+@pytest.mark.slow
 def test_cxr_get_downloads_a_runs_predictions(runs_in_store, tmp_path) -> None:
     done = _cxr("get", "score-older", "predictions", str(tmp_path / "p.csv"))
 
@@ -52,6 +53,7 @@ def test_cxr_get_downloads_a_runs_predictions(runs_in_store, tmp_path) -> None:
     assert done.stdout.strip() == str((tmp_path / "p.csv").resolve())
 
 
+@pytest.mark.slow
 def test_cxr_get_an_s3_uri_into_a_folder_and_never_overwrites(runs_in_store, tmp_path) -> None:
     uri = runs_in_store.uri("runs/score/score-older/predictions.csv")
     _cxr("get", uri, str(tmp_path))
@@ -65,6 +67,7 @@ def test_cxr_get_an_s3_uri_into_a_folder_and_never_overwrites(runs_in_store, tmp
     assert (tmp_path / "predictions.csv").read_text() == PREDICTIONS
 
 
+@pytest.mark.slow
 def test_cxr_get_a_card_and_a_key_under_the_run(runs_in_store, tmp_path) -> None:
     _cxr("get", "retrain-newer", "card", str(tmp_path / "card.md"))
     _cxr("get", "retrain/retrain-newer", "evaluation/roc.png", str(tmp_path))
@@ -75,6 +78,7 @@ def test_cxr_get_a_card_and_a_key_under_the_run(runs_in_store, tmp_path) -> None
     assert (tmp_path / "new" / "folder" / "evaluation.md").read_text() == "# evaluation\n"
 
 
+@pytest.mark.slow
 def test_cxr_get_names_what_a_run_has_when_the_output_is_missing(runs_in_store) -> None:
     done = _cxr("get", "score-older", "card", ok=False)
     assert "has no 'card'" in done.stdout and "predictions" in done.stdout
@@ -83,6 +87,7 @@ def test_cxr_get_names_what_a_run_has_when_the_output_is_missing(runs_in_store) 
     assert "no run named 'no-such-run'" in unknown.stdout and "retrain-newer" in unknown.stdout
 
 
+@pytest.mark.slow
 def test_cxr_runs_lists_newest_first_with_outputs(runs_in_store) -> None:
     listed = json.loads(_cxr("runs", "--json").stdout)
 
@@ -96,6 +101,7 @@ def test_cxr_runs_lists_newest_first_with_outputs(runs_in_store) -> None:
     }
 
 
+@pytest.mark.slow
 def test_cxr_open_prints_a_cached_path_without_an_opener(runs_in_store, settings) -> None:
     done = _cxr("open", "score-older", "predictions")
 

@@ -404,6 +404,7 @@ def webhook():
     listener.close()
 
 
+@pytest.mark.slow
 def test_notify_creates_the_webhook_block_and_the_automation_together(prefect_harness, webhook):
     from prefect.blocks.notifications import CustomWebhookNotificationBlock
     from prefect.client.orchestration import get_client
@@ -518,6 +519,7 @@ def test_bad_nightly_training_settings_are_refused_before_deploying(
         stack.nightly_training(env, settings)
 
 
+@pytest.mark.slow
 def test_down_leaves_alone_a_process_that_took_a_recorded_pid(settings, capsys):
     """Issue 11, item 10: the stack died, its pids went to other processes; `make down`."""
     import subprocess

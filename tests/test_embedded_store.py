@@ -19,6 +19,7 @@ from cxr_model.config import Settings
 from cxr_model.storage import open_store
 
 
+@pytest.mark.slow
 def test_commands_share_one_server_and_data_survives_a_restart(tmp_path):
     settings = Settings(state_dir=tmp_path / "state", bucket="cxr-embedded")
     try:
@@ -148,6 +149,7 @@ def _grpc_serves_anonymously(port: int) -> bool:
     return answers(lambda raw: raw) or answers(context.wrap_socket)
 
 
+@pytest.mark.slow
 def test_every_port_but_s3_refuses_anonymous_access(s3_server, tmp_path):
     server, creds = s3_server
     client = embedded_store.s3_client(server.endpoint_url, creds)
@@ -214,6 +216,7 @@ def test_state_folder_is_private(tmp_path):
 # --- issue 11, item 10: a pid recorded for a store that died may now be someone else's ----------
 
 
+@pytest.mark.slow
 def test_a_stale_record_never_signals_an_unrelated_process(tmp_path, caplog):
     state_dir = tmp_path / "state"
     folder = state_dir / "s3"

@@ -14,6 +14,7 @@ import hashlib
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import SCORING_CARD
 
 from cxr_model import inference
 from cxr_model.ensemble import average_ensemble
@@ -73,6 +74,7 @@ def test_an_ensemble_of_folds_scores_real_xrays_alike_in_onnx_runtime(xrays):
     assert exported.artifact.outputs == ["probability"]  # an ensemble has no OOD check
 
 
+@pytest.mark.slow
 def test_the_export_carries_its_input_contract():
     exported = export_onnx(build_model("compact_cnn", 32), 32)
     onnx = OnnxModel(exported.data)
@@ -89,6 +91,7 @@ def test_the_export_carries_its_input_contract():
     assert set(artifact.exported_with) == {"keras", "tensorflow", "tf2onnx", "onnx"}
 
 
+@pytest.mark.slow
 def test_an_export_that_scores_differently_is_refused(monkeypatch):
     true_run = OnnxModel.run
 
@@ -101,21 +104,14 @@ def test_an_export_that_scores_differently_is_refused(monkeypatch):
         export_onnx(build_model("compact_cnn", 32), 32)
 
 
+@pytest.mark.slow
 def test_a_registered_export_is_verified_against_its_card(settings, store, tmp_path):
     model = build_model("compact_cnn", 32)
     path = tmp_path / "model.keras"
     model.save(path)
     exported = export_onnx(model, 32)
     models = Registry(store, settings.model_name, settings.cache_dir)
-    card = models.register(
-        path,
-        threshold=0.5,
-        metrics={},
-        training={},
-        parameters={"training": {"image_size": 32}},
-        dataset_id="d1",
-        inference=exported.artifact.model_dump(),
-    )
+    card = models.register(path, **SCORING_CARD, inference=exported.artifact.model_dump())
     with pytest.raises(RegistryError, match=f"{INFERENCE_FILE} is missing, but the card"):
         models.inference_file(card.version)
     models.attach(card.version, INFERENCE_FILE, exported.data)

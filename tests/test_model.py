@@ -73,7 +73,16 @@ def test_seed_cnn_is_the_study_network():
     ]
 
 
-@pytest.mark.parametrize("architecture", sorted(ARCHITECTURES))
+SLOW_TO_SAVE = {"densenet121"}  # over 5 s on 2 cores
+
+
+@pytest.mark.parametrize(
+    "architecture",
+    [
+        pytest.param(n, marks=pytest.mark.slow) if n in SLOW_TO_SAVE else n
+        for n in sorted(ARCHITECTURES)
+    ],
+)
 def test_architecture_saves_and_reloads_in_safe_mode(architecture, pixels, tmp_path):
     model = build_model(architecture, SIZE)
     assert model.input_shape == (None, SIZE, SIZE, 3) and model.output_shape == (None, 1)
@@ -212,6 +221,7 @@ def fit_briefly(classifier: keras.Model, images, labels, epochs: int, batch_size
     return trainer.fit(images, labels, batch_size=batch_size, epochs=epochs, verbose=0)
 
 
+@pytest.mark.slow
 def test_compact_cnn_predicts_after_a_short_training_what_it_learned():
     # The reported defect: after a few dozen steps compact_cnn called every image normal at
     # inference. Its batch norm's moving statistics still held most of their initial variance of
@@ -290,6 +300,7 @@ JAX_REVERSAL = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_gradient_reversal_works_on_jax():
     pytest.importorskip("jax")
     env = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": str(REPO)}

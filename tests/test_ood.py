@@ -71,6 +71,7 @@ def trained(real_data):
     return model, detector, x_val
 
 
+@pytest.mark.slow
 def test_validation_images_are_mostly_in_distribution_and_noise_never(trained):
     model, detector, x_val = trained
     noise = np.stack([to_model_input(noise_png(n), SIZE, preprocessing=PRE) for n in range(20)])
@@ -83,6 +84,7 @@ def test_validation_images_are_mostly_in_distribution_and_noise_never(trained):
     assert (noise_scores > 1).all()
 
 
+@pytest.mark.slow
 def test_lateral_views_and_gradients_are_out_of_distribution(trained, real_data):
     """A frontal-only model: the real set's lateral views and smooth gradients look like none
     of its training images (the layout view catches what the network's features may not)."""
@@ -102,6 +104,7 @@ def test_lateral_views_and_gradients_are_out_of_distribution(trained, real_data)
     assert np.mean(scores > 1) >= 0.8
 
 
+@pytest.mark.slow
 def test_the_detector_round_trips_through_bytes(trained):
     _, detector, _ = trained
 
@@ -122,6 +125,7 @@ def test_an_ensemble_has_no_feature_head():
         with_features(ensemble)
 
 
+@pytest.mark.slow
 def test_scoring_flags_noise_and_refuses_what_training_would(trained, real_data, store, tmp_path):
     model, detector, _ = trained
     xray = sorted((real_data / "nih" / "normal").iterdir())[0]

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import CARD
 
-from cxr_model.model import seed_cnn
 from cxr_model.registry import (
     CHAMPION,
     COMPLETE,
@@ -27,19 +27,6 @@ from cxr_model.registry import (
 
 REPO = Path(__file__).resolve().parents[1]
 CLI_TIMEOUT_S = 120
-CARD = dict(threshold=0.5, metrics={"accuracy": 0.9}, training={}, parameters={}, dataset_id="d1")
-
-
-@pytest.fixture
-def registry(store, tmp_path) -> Registry:
-    return Registry(store, "test-model", tmp_path / "cache")
-
-
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("model") / "model.keras"
-    seed_cnn(image_size=32).save(path)
-    return path
 
 
 def test_versions_are_numbered_and_carry_a_card(registry, model_file):
@@ -246,6 +233,7 @@ def _cxr(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_cli_promotes_rolls_back_shows_and_diffs(settings, store, tmp_path):
     models = Registry(store, settings.model_name, settings.cache_dir)
     for n, accuracy in enumerate([0.8, 0.9]):
@@ -322,6 +310,7 @@ def test_unreadable_aliases_and_cards_are_listed_with_their_key_and_reason(four_
     assert models.resolve("candidate") == 2  # the rest of the registry still works
 
 
+@pytest.mark.slow
 def test_cli_lists_what_it_can_read_and_names_the_broken_entries(settings, store, tmp_path):
     models = Registry(store, settings.model_name, settings.cache_dir)
     for n in range(3):
@@ -353,6 +342,7 @@ def test_cli_lists_what_it_can_read_and_names_the_broken_entries(settings, store
     ]
 
 
+@pytest.mark.slow
 def test_cli_gc_lists_by_default_and_removes_with_yes(settings, store, tmp_path):
     models = Registry(store, settings.model_name, settings.cache_dir)
     (tmp_path / "m").write_bytes(b"model")

@@ -17,6 +17,7 @@ from cxr_model.config import Settings
 from cxr_model.registry import CHAMPION, Registry
 from cxr_model.storage import open_store
 
+pytestmark = pytest.mark.slow  # six processes each, started from a forkserver
 PROCESSES = 6
 MODEL_NAME = "race-model"
 CARD = dict(threshold=0.5, metrics={}, training={}, parameters={}, dataset_id="d1")

@@ -12,18 +12,13 @@ from datetime import timedelta
 
 import pytest
 from botocore.exceptions import ClientError
+from helpers import CARD
 from s3_faults import s3_faults
 
 from cxr_model.registry import CHAMPION, COMPLETE, NO_CARD, NO_MODEL, Registry, RegistryError
 from cxr_model.storage import StoreUnreachable
 
-CARD = dict(threshold=0.5, metrics={"accuracy": 0.9}, training={}, parameters={}, dataset_id="d1")
 FOREVER = 1000  # more faults than botocore has attempts: the call itself fails
-
-
-@pytest.fixture
-def registry(store, tmp_path) -> Registry:
-    return Registry(store, "test-model", tmp_path / "cache")
 
 
 def _model(tmp_path, n: int):

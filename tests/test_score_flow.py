@@ -14,47 +14,14 @@ import os
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
+from helpers import SCORING_CARD, png
 from pydantic import ValidationError
 
-from cxr_model.model import seed_cnn
 from cxr_model.registry import CHAMPION, Registry
 
-SIZE = 32
-CARD = dict(
-    threshold=0.5,
-    metrics={},
-    training={},
-    parameters={"training": {"image_size": SIZE}},
-    dataset_id="d1",
-)
 SECRET_MARKERS = ("X-Amz-Signature", "X-Amz-Credential", "Signature=")
-
-
-def png(seed: int) -> bytes:
-    pixels = np.random.default_rng(seed).integers(0, 255, (80, 72), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels, mode="L").save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("model") / "model.keras"
-    seed_cnn(image_size=SIZE).save(path)
-    return path
-
-
-@pytest.fixture
-def models(settings, store, model_file) -> Registry:
-    """The registry of this test's bucket, with version 1 as champion."""
-    registry = Registry(store, settings.model_name, settings.cache_dir)
-    registry.register(model_file, **CARD)
-    registry.set_alias(CHAMPION, 1)
-    return registry
 
 
 def images(folder: Path, seeds: range, prefix: str = "img") -> None:
@@ -77,6 +44,7 @@ def probabilities(frame: pd.DataFrame) -> dict[str, str]:
     return dict(zip(frame["source_path"], frame["probability_covid"], strict=True))
 
 
+@pytest.mark.slow
 def test_reruns_predict_only_what_was_never_scored(prefect_harness, models, store, tmp_path):
     from flows.score import ScoreParams, score_folder
 
@@ -108,13 +76,14 @@ def test_reruns_predict_only_what_was_never_scored(prefect_harness, models, stor
     assert len(copies) == 2 and copies["probability_covid"].nunique() == 1
 
 
+@pytest.mark.slow
 def test_dask_runner_gives_the_same_predictions_as_threads(
     prefect_harness, models, store, model_file, tmp_path
 ):
     from flows.score import ScoreParams, score_folder
 
     images(tmp_path / "xrays", range(12))
-    models.register(model_file, **CARD)  # version 2: same model, its own stored scores
+    models.register(model_file, **SCORING_CARD)  # version 2: same model, its own stored scores
     common = dict(input=str(tmp_path / "xrays"), chunk_size=3)
     subflows = _chunk_subflows()
     threads = score_folder(ScoreParams(model="1", **common))
@@ -138,6 +107,7 @@ def _chunk_subflows() -> int:
         )
 
 
+@pytest.mark.slow
 def test_inbox_scores_only_what_the_champion_has_not_seen(
     prefect_harness, models, store, model_file
 ):
@@ -155,7 +125,7 @@ def test_inbox_scores_only_what_the_champion_has_not_seen(
     assert list(rows["source_path"]) == [f"s3://{store.bucket}/inbox/day2/new.png"]
     assert (second.summary["skipped"], second.summary["predicted"]) == (5, 1)
 
-    models.register(model_file, **CARD)
+    models.register(model_file, **SCORING_CARD)
     models.set_alias(CHAMPION, 2, reason="new champion")
     # one chunk at a time, so the renamed copy's chunk finds the score its original's just stored
     third = score_inbox(InboxParams(chunk_size=2, max_chunks_in_flight=1))
@@ -167,6 +137,7 @@ def test_inbox_scores_only_what_the_champion_has_not_seen(
     )
 
 
+@pytest.mark.slow
 def test_errors_show_in_state_summary_and_logs_hold_no_secrets(
     prefect_harness, models, store, tmp_path
 ):
@@ -222,6 +193,7 @@ def test_errors_show_in_state_summary_and_logs_hold_no_secrets(
         assert not any(s in message for s in secrets + SECRET_MARKERS), message
 
 
+@pytest.mark.slow
 def test_an_empty_folder_gives_an_empty_table(prefect_harness, models, store, tmp_path):
     from flows.score import ScoreParams, score_folder
 
@@ -263,6 +235,7 @@ def test_bad_parameters_are_refused(fields, complaint):
         ScoreParams(**fields)
 
 
+@pytest.mark.slow
 def test_a_missing_folder_is_reported_as_such_even_without_a_champion(prefect_harness, settings):
     from flows.score import ScoreParams, score_folder
 
@@ -272,6 +245,7 @@ def test_a_missing_folder_is_reported_as_such_even_without_a_champion(prefect_ha
     assert f"input folder {missing} does not exist" in state.message, state.message
 
 
+@pytest.mark.slow
 def test_without_a_champion_the_inbox_waits_and_the_run_says_what_to_do(
     prefect_harness, settings, store, model_file
 ):
@@ -293,13 +267,14 @@ def test_without_a_champion_the_inbox_waits_and_the_run_says_what_to_do(
     assert (shown.name, shown.message) == ("Skipped", state.message)
 
     registry = Registry(store, settings.model_name, settings.cache_dir)
-    registry.register(model_file, **CARD)
+    registry.register(model_file, **SCORING_CARD)
     registry.set_alias(CHAMPION, 1)
     later = score_inbox(InboxParams())
     assert later.model_version == 1
     assert (later.summary["files"], later.summary["predicted"]) == (3, 3)  # nothing was lost
 
 
+@pytest.mark.slow
 def test_without_a_champion_a_folder_is_skipped_but_a_missing_alias_fails(
     prefect_harness, settings, tmp_path
 ):

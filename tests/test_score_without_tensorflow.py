@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
+from helpers import SCORING_CARD, SCORING_SIZE, png
 
 from cxr_model.inference import INFERENCE_FILE, export_onnx
 from cxr_model.model import seed_cnn
@@ -30,16 +30,9 @@ from cxr_model.registry import CHAMPION, Registry
 
 pytestmark = pytest.mark.integration
 
-SIZE = 32
+SIZE = SCORING_SIZE
 BLOCKED = ("tensorflow", "keras", "tf2onnx", "sklearn", "scipy", "great_expectations", "matplotlib")
 REPO = Path(__file__).resolve().parents[1]
-CARD = dict(
-    threshold=0.5,
-    metrics={},
-    training={},
-    parameters={"training": {"image_size": SIZE}},
-    dataset_id="d1",
-)
 BLOCKER = f"""
 import sys
 
@@ -85,13 +78,6 @@ print("RESULT " + json.dumps(results))
 """
 
 
-def png(seed: int) -> bytes:
-    pixels = np.random.default_rng(seed).integers(0, 255, (80, 72), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels, mode="L").save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def _register_exported(models: Registry, tmp_path: Path) -> tuple[OodCheck, bytes]:
     """Versions 1 and 2 (champion 1): the same model, with its OOD check and ONNX export;
     returns the OOD check's card entry and file."""
@@ -107,7 +93,7 @@ def _register_exported(models: Registry, tmp_path: Path) -> tuple[OodCheck, byte
     exported = export_onnx(model, SIZE)
     for _ in range(2):
         card = models.register(
-            path, **CARD, ood=ood.model_dump(), inference=exported.artifact.model_dump()
+            path, **SCORING_CARD, ood=ood.model_dump(), inference=exported.artifact.model_dump()
         )
         models.attach(card.version, OOD_FILE, detector.to_bytes())
         models.attach(card.version, INFERENCE_FILE, exported.data)
@@ -182,7 +168,9 @@ def test_scoring_flows_cli_and_dask_workers_run_without_tensorflow(
     # the same model through Keras (a version without an export) gives the same predictions
     from flows.score import ScoreParams, score_folder
 
-    keras_version = models.register(tmp_path / "model.keras", **CARD, ood=ood.model_dump()).version
+    keras_version = models.register(
+        tmp_path / "model.keras", **SCORING_CARD, ood=ood.model_dump()
+    ).version
     models.attach(keras_version, OOD_FILE, ood_file)
     by_keras = score_folder(ScoreParams(input=str(folder), model=str(keras_version)))
     keras_rows = _table(store, by_keras.predictions_uri).set_index("source_path")

@@ -136,6 +136,7 @@ def test_ieee8023_lateral_views_are_left_out_unless_asked_for(mirror, ieee_dir):
         assert by_path[path].read() == (ieee_dir / path).read_bytes()
 
 
+@pytest.mark.slow
 def test_ingest_reports_404s_per_file_and_stores_the_rest(mirror, ieee_dir, store):
     records = list(parse_source(f"ieee8023:{mirror}").records())
     images = manifest.ingest(store, records)
@@ -614,6 +615,7 @@ class _CountingFiles(QuietFiles):
         super().do_HEAD()
 
 
+@pytest.mark.slow
 def test_rerun_of_an_unchanged_http_mirror_downloads_no_image(ieee_dir, store):
     handler = type("Counting", (_CountingFiles,), {"counts": Counter()})
     with serve(partial(handler, directory=str(ieee_dir))) as url:

@@ -52,6 +52,7 @@ def arrays() -> SplitArrays:
     return learnable(48)
 
 
+@pytest.mark.slow
 def test_training_records_history_and_saves_an_uncompiled_classifier(tmp_path):
     arrays = learnable(48, grey=False)  # the three-channel path (grey is the others')
     params = TrainParams(image_size=32, epochs=2, batch_size=16, seed=3)
@@ -73,6 +74,7 @@ def test_training_records_history_and_saves_an_uncompiled_classifier(tmp_path):
     assert probabilities.shape == (48, 1)
 
 
+@pytest.mark.slow
 def test_same_data_and_seed_give_the_same_metrics(arrays, tmp_path):
     params = TrainParams(image_size=32, epochs=1, batch_size=16, seed=11)
     first = train_model(arrays, arrays, params, tmp_path / "a")
@@ -108,6 +110,7 @@ def test_source_balance_makes_each_source_count_equally_within_its_label():
     np.testing.assert_array_equal(unknown, by_class)
 
 
+@pytest.mark.slow
 def test_source_adversarial_training_saves_the_classifier_alone(arrays, tmp_path):
     sources = ["a", "b", "c"] * (len(arrays) // 3)
     params = TrainParams(
@@ -129,6 +132,7 @@ def test_source_adversarial_training_saves_the_classifier_alone(arrays, tmp_path
         train_model(arrays, arrays, params.model_copy(update={"source_balance": False}), tmp_path)
 
 
+@pytest.mark.slow
 def test_early_stopping_keeps_the_best_epoch(arrays, tmp_path):
     # validation labels are the opposite of training's: the better the model learns, the worse
     # its validation loss, so it stops early and must keep the best (earliest) weights
@@ -168,6 +172,7 @@ class Watch(keras.callbacks.Callback):
         self.epochs.append(epoch)
 
 
+@pytest.mark.slow
 def test_a_crashed_run_resumes_from_its_last_checkpoint(arrays, store, tmp_path):
     params = TrainParams(image_size=32, epochs=2, batch_size=16, seed=5, patience=5)
     checkpoint = Checkpoint(store, checkpoint_prefix("dataset-1", params))
@@ -216,6 +221,7 @@ def test_initial_weights_come_from_s3(store, tmp_path):
     np.testing.assert_array_equal(np.asarray(rebuilt(pixels)), np.asarray(start(pixels)))
 
 
+@pytest.mark.slow
 def test_cpu_hardware_and_mixed_precision_training(arrays, tmp_path):
     cpu = choose_hardware(TrainParams())
     assert (cpu.devices, cpu.replicas, cpu.mixed_precision, cpu.jit_compile) == (
@@ -263,6 +269,7 @@ TWO_REPLICAS = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_two_replicas_train_with_mirrored_strategy(tmp_path):
     # TensorFlow's devices are fixed at its first use, so the split CPU needs a fresh process
     env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"}
@@ -279,6 +286,7 @@ def test_two_replicas_train_with_mirrored_strategy(tmp_path):
     assert report == {"replicas": 2, "devices": ["CPU:0", "CPU:1"], "finite": True, "epochs": 1}
 
 
+@pytest.mark.slow
 def test_training_logs_one_line_per_epoch(arrays, tmp_path):
     """Issue 13, item 5: training wrote nothing to the run log for minutes."""
     lines: list[str] = []
@@ -295,6 +303,7 @@ def test_training_logs_one_line_per_epoch(arrays, tmp_path):
         assert rate > 0
 
 
+@pytest.mark.slow
 def test_a_resumed_training_logs_only_the_epochs_it_runs(arrays, store, tmp_path):
     params = TrainParams(image_size=32, epochs=2, batch_size=16, seed=5)
     checkpoint = Checkpoint(store, checkpoint_prefix("dataset-log", params))
@@ -325,6 +334,7 @@ def fake_checkpoint(store, prefix: str, epochs_done: int, epochs: int, *, fold: 
     store.put_bytes(f"{where}/latest.json", json.dumps(state).encode())
 
 
+@pytest.mark.slow
 def test_old_checkpoints_are_removed_once_a_version_is_registered(arrays, store, tmp_path):
     """Issue 13, item 6: checkpoints were never cleaned (904 MB of 1.7 GB after four trainings)."""
     import time
@@ -377,6 +387,7 @@ def test_checkpoints_kept_is_a_setting(settings, monkeypatch):
         Settings()
 
 
+@pytest.mark.slow
 def test_the_retrain_flow_cleans_checkpoints_after_registering(prefect_harness, store):
     """The task the retraining flow runs after ``register_model``: it reads the setting."""
     import inspect
