@@ -23,6 +23,7 @@ from typing import Any
 import pandas as pd
 
 from cxr_model import images as imaging
+from cxr_model.markdown import markdown_table
 from cxr_model.safe_text import spreadsheet_cell, spreadsheet_value
 from cxr_model.sources import SourceRecord, read_failure
 from cxr_model.storage import AlreadyExists, ObjectStore
@@ -255,12 +256,10 @@ def ingest_summary(frame: pd.DataFrame, limit: int = 50) -> str:
         f"### Images ingested: {len(frame)} files, {int(frame['stored_now'].sum())} new, "
         f"{int(failed.sum())} not fetched",
         "",
-        "| source | " + " | ".join(table.columns) + " |",
-        "|---|" + "---|" * len(table.columns),
-    ]
-    lines += [
-        f"| {source} | " + " | ".join(str(int(v)) for v in row) + " |"
-        for source, row in table.iterrows()
+        *markdown_table(
+            ["source", *table.columns],
+            ([source, *(int(v) for v in row)] for source, row in table.iterrows()),
+        ),
     ]
     if failed.any():
         lines += [
