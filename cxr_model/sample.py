@@ -26,7 +26,7 @@ almost perfectly), but the study's CNN trained from scratch needs on the order o
 optimiser steps to pick it up, so use small batches and/or more patients or epochs.
 
 The anatomy is drawn on a grid of at most 128 px and upscaled bicubically, noise is added at
-full resolution; the default spec takes about 4 s on 2 CPU cores.
+full resolution (its time: BENCHMARKS.md, sample generation).
 
 Layout written by :func:`generate_sample` into ``out_dir``::
 
