@@ -8,7 +8,7 @@ from cxr_model.inference import INFERENCE_FILE, export_onnx
 from tasks.common import TRANSIENT_RETRIES, say, store
 from tasks.shared import ExportedModel, staged_model
 
-MEGABYTE = 1024**2
+MEGABYTE = 1e6  # as the model card counts
 
 
 @task(name="export-model", **TRANSIENT_RETRIES)
