@@ -148,9 +148,8 @@ def register_champion() -> None:
             training={},
             parameters={"training": {"image_size": IMAGE_SIZE, "architecture": ARCHITECTURE}},
             dataset_id="bench-untrained",
-            inference=export.artifact.model_dump(),
+            export=export,
         )
-    models.attach(card.version, INFERENCE_FILE, export.data)
     models.set_alias(CHAMPION, card.version, reason="bench/cli_latency.py")
     print(f"registered {card.name} v{card.version} with {INFERENCE_FILE} as champion")
 

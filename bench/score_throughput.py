@@ -460,7 +460,7 @@ def register(model, store: ObjectStore, root: Path):
     """Register ``model`` as registration does (its ONNX export on the card and attached);
     return its version and the export."""
     from cxr_model.configured import open_registry
-    from cxr_model.inference import INFERENCE_FILE, export_onnx
+    from cxr_model.inference import export_onnx
 
     path = root / "model.keras"
     model.save(path)
@@ -473,9 +473,8 @@ def register(model, store: ObjectStore, root: Path):
         training={},
         parameters={"training": {"image_size": IMAGE_SIZE, "architecture": ARCHITECTURE}},
         dataset_id="bench-untrained",
-        inference=export.artifact.model_dump(),
+        export=export,
     )
-    models.attach(card.version, INFERENCE_FILE, export.data)
     return card.version, export
 
 

@@ -15,6 +15,7 @@ from cxr_model.evaluate import Evaluation
 from cxr_model.gate import GateDecision, GateSettings, decide, gate_markdown
 from cxr_model.generalisation import Generalisation
 from cxr_model.html_report import markdown_to_html
+from cxr_model.inference import Export
 from cxr_model.manifest import read_csv
 from cxr_model.ood import OodCheck
 from cxr_model.provenance import dataset_audit, dataset_sources
@@ -95,12 +96,10 @@ def register_model(
         notes=[f"gate: {decision.reason}"],
         generalisation=generalisation.model_dump(),
         ood=ood.model_dump() if ood else None,
-        inference=exported.artifact.model_dump() if exported else None,
+        export=Export(objects.get_bytes(exported.key), exported.artifact) if exported else None,
     )
     if ood is not None and ood_key is not None:
         models.attach(card.version, ood.file, objects.get_bytes(ood_key))
-    if exported is not None:
-        models.attach(card.version, exported.artifact.file, objects.get_bytes(exported.key))
     models.set_alias(decision.alias, card.version, reason=decision.reason)
     markdown = render_model_card(
         card,

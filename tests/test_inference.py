@@ -134,3 +134,19 @@ def test_a_version_registered_before_exports_has_no_inference_file(settings, sto
         path, threshold=0.5, metrics={}, training={}, parameters={}, dataset_id="d1"
     )
     assert models.inference_file(card.version) == (None, card)
+
+
+def test_registering_with_its_export_records_and_attaches_it_once(settings, store, tmp_path):
+    model = build_model("compact_cnn", 32)
+    path = tmp_path / "model.keras"
+    model.save(path)
+    exported = export_onnx(model, 32)
+    models = Registry(store, settings.model_name, settings.cache_dir)
+
+    card = models.register(path, **SCORING_CARD, registration_id="run-1", export=exported)
+    again = models.register(path, **SCORING_CARD, registration_id="run-1", export=exported)
+
+    assert again.version == card.version  # a retried registration finishes the same version
+    assert card.inference == exported.artifact.model_dump()
+    local, _ = models.inference_file(card.version)
+    assert local.read_bytes() == exported.data

@@ -23,7 +23,7 @@ import pandas as pd
 import pytest
 from helpers import SCORING_CARD, SCORING_SIZE, png
 
-from cxr_model.inference import INFERENCE_FILE, export_onnx
+from cxr_model.inference import export_onnx
 from cxr_model.model import seed_cnn
 from cxr_model.ood import OOD_FILE, OodCheck, OodDetector, feature_extractor, thumbnails
 from cxr_model.registry import CHAMPION, Registry
@@ -92,11 +92,8 @@ def _register_exported(models: Registry, tmp_path: Path) -> tuple[OodCheck, byte
     ood = OodCheck.of(detector.to_bytes(), detector, {})
     exported = export_onnx(model, SIZE)
     for _ in range(2):
-        card = models.register(
-            path, **SCORING_CARD, ood=ood.model_dump(), inference=exported.artifact.model_dump()
-        )
+        card = models.register(path, **SCORING_CARD, ood=ood.model_dump(), export=exported)
         models.attach(card.version, OOD_FILE, detector.to_bytes())
-        models.attach(card.version, INFERENCE_FILE, exported.data)
     models.set_alias(CHAMPION, 1)
     return ood, detector.to_bytes()
 

@@ -22,6 +22,10 @@ import hashlib
 import uuid
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cxr_model.inference import Export
 
 from cxr_model.registry.cards import (
     ATTACHMENT_NAME,
@@ -79,22 +83,34 @@ class Versions:
         return dict(sorted(found.items()))
 
     def register(
-        self, model_path: Path, *, registration_id: str | None = None, **card_fields
+        self,
+        model_path: Path,
+        *,
+        registration_id: str | None = None,
+        export: Export | None = None,
+        **card_fields,
     ) -> ModelCard:
         """Store ``model_path`` as a new version with a card made of ``card_fields``.
 
         ``registration_id`` names this registration (a run id): called again with the same id
         and the same model file after a call that failed half-way, it finishes the version that
         call claimed instead of claiming another. Without it, every call is a registration of
-        its own (lost responses inside the call are still recognised).
+        its own (lost responses inside the call are still recognised). ``export`` (the model's
+        ONNX export, :mod:`cxr_model.inference`) goes on the card as ``inference`` and is
+        attached, so scoring runs it.
         """
+        if export is not None:
+            card_fields["inference"] = export.artifact.model_dump()
         data = model_path.read_bytes()
         sha256 = hashlib.sha256(data).hexdigest()
         own = self._own_claim(sha256, registration_id) if registration_id else None
         if own is not None and own[1]:
-            return own[0]  # registered completely before: a retry after a later step failed
-        card = own[0] if own else self._claim(sha256, len(data), registration_id, card_fields)
-        self._upload_model(card, data)
+            card = own[0]  # registered completely before: a retry after a later step failed
+        else:
+            card = own[0] if own else self._claim(sha256, len(data), registration_id, card_fields)
+            self._upload_model(card, data)
+        if export is not None:  # attaching the same bytes again is a no-op
+            self.attach(card.version, export.artifact.file, export.data)
         return card
 
     def _own_claim(self, sha256: str, registration_id: str) -> tuple[ModelCard, bool] | None:
